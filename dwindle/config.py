@@ -1,0 +1,229 @@
+"""Frozen, validated configs and the registry that dispatches a config to its technique.
+
+A technique is one config class plus one handler ``handler(model, config, context) -> model``,
+registered under a recipe stage name. The public verbs (``cast_``, later ``prune_``...) and
+recipe stages all go through :func:`apply`, so a new technique is a new config class plus a
+handler, never a new keyword on an old function.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dwindle.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "StageContext",
+    "Technique",
+    "TargetedConfig",
+    "apply",
+    "ensure_techniques_loaded",
+    "get_technique",
+    "register_technique",
+    "techniques",
+    "validate_config",
+]
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base of every dwindle config: immutable, validated on construction, YAML-serialisable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready dict of the config's values."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls: type[C], data: Any, path: str = "") -> C:
+        """Validate ``data`` into this config; errors name the key path and the nearest key."""
+        return validate_config(cls, data, path or cls.__name__)
+
+
+class TargetedConfig(Config):
+    """A config whose technique touches only the modules whose names match ``targets``.
+
+    Patterns are ``fnmatch`` globs over ``model.named_modules()`` names (``"features.*"``),
+    or regular expressions when prefixed with ``re:``.
+    """
+
+    targets: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+
+def _model_cls(tp: Any) -> type[BaseModel] | None:
+    """The BaseModel class inside an annotation such as ``Foo | None`` or ``list[Foo]``."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _model_cls(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid field names of the model found by walking ``loc`` (the parent of the bad key)."""
+    current: type[BaseModel] | None = cls
+    for part in loc:
+        if current is None:
+            return []
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return []
+        current = _model_cls(info.annotation)
+    return list(current.model_fields) if current is not None else []
+
+
+def format_loc(path: str, loc: Iterable[Any]) -> str:
+    out = path
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_message(cls: type[BaseModel], exc: ValidationError, path: str) -> str:
+    """Turn pydantic's errors into lines like ``recipe.stages[0].precision.dtyp: unknown key``."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = format_loc(path, loc)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(cls, loc[:-1])
+            near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            lines.append(f"{where}: unknown key{hint} (valid keys: {', '.join(valid)})")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{where}: {err['msg']}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def validate_config(cls: type[C], data: Any, path: str) -> C:
+    """Validate ``data`` into ``cls``, raising :class:`ConfigError` with readable key paths."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(cls, exc, path)) from None
+
+
+@dataclass
+class StageContext:
+    """What a technique handler may use besides the model and its config.
+
+    ``data`` is a :class:`dwindle.data.DataBundle` (or None for data-free stages), ``baseline``
+    the uncompressed model (a teacher for recovery), ``finetune`` a callable that fine-tunes
+    a model on ``data`` with the trainer (``finetune(model, **train_overrides)``).
+    """
+
+    data: Any = None
+    baseline: torch.nn.Module | None = None
+    device: str = "cpu"
+    out_dir: Path | None = None
+    finetune: Callable[..., Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        """Record a remark that ends up in the run's report (e.g. a skipped layer)."""
+        self.notes.append(message)
+
+
+Handler = Callable[[torch.nn.Module, Any, StageContext], torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class Technique:
+    """A registered technique: recipe stage ``name``, its ``config`` class, its ``handler``."""
+
+    name: str
+    config: type[Config]
+    handler: Handler
+    summary: str = ""
+
+
+_BY_CONFIG: dict[type[Config], Technique] = {}
+_BY_NAME: dict[str, Technique] = {}
+
+# Techniques shipped with dwindle; core names them as strings so it never imports them.
+_BUILTIN_MODULES: tuple[str, ...] = ("dwindle.precision",)
+_ENTRY_POINT_GROUP = "dwindle.techniques"
+_loaded = False
+
+
+def register_technique(name: str, config: type[Config], summary: str = "") -> Callable[[Handler], Handler]:
+    """Decorator registering ``handler`` for ``config`` under recipe stage ``name``."""
+
+    def deco(handler: Handler) -> Handler:
+        tech = Technique(name=name, config=config, handler=handler, summary=summary)
+        _BY_CONFIG[config] = tech
+        _BY_NAME[name] = tech
+        return handler
+
+    return deco
+
+
+def ensure_techniques_loaded() -> None:
+    """Import the built-in techniques and plug-ins (entry point group ``dwindle.techniques``)."""
+    global _loaded
+    if _loaded:
+        return
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in entry_points(group=_ENTRY_POINT_GROUP):
+        ep.load()
+    _loaded = True
+
+
+def techniques() -> dict[str, Technique]:
+    """All registered techniques by stage name."""
+    ensure_techniques_loaded()
+    return dict(_BY_NAME)
+
+
+def get_technique(key: str | Config | type[Config]) -> Technique:
+    """Look a technique up by stage name, config instance or config class."""
+    if isinstance(key, str):
+        ensure_techniques_loaded()
+        if key not in _BY_NAME:
+            near = difflib.get_close_matches(key, list(_BY_NAME), n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"unknown stage {key!r}{hint} (known stages: {', '.join(sorted(_BY_NAME))})"
+            )
+        return _BY_NAME[key]
+    cls = key if isinstance(key, type) else type(key)
+    for klass in cls.__mro__:
+        if klass in _BY_CONFIG:
+            return _BY_CONFIG[klass]
+    raise ConfigError(
+        f"no technique is registered for config type {cls.__name__}; "
+        "register one with dwindle.config.register_technique"
+    )
+
+
+def apply(
+    model: torch.nn.Module, config: Config, context: StageContext | None = None
+) -> torch.nn.Module:
+    """Run the technique registered for ``type(config)`` on ``model`` and return the result."""
+    tech = get_technique(config)
+    return tech.handler(model, config, context or StageContext())
