@@ -25,8 +25,8 @@ from dwindle.errors import ConfigError
 __all__ = [
     "Config",
     "StageContext",
-    "Technique",
     "TargetedConfig",
+    "Technique",
     "apply",
     "ensure_techniques_loaded",
     "get_technique",
@@ -170,7 +170,9 @@ _ENTRY_POINT_GROUP = "dwindle.techniques"
 _loaded = False
 
 
-def register_technique(name: str, config: type[Config], summary: str = "") -> Callable[[Handler], Handler]:
+def register_technique(
+    name: str, config: type[Config], summary: str = ""
+) -> Callable[[Handler], Handler]:
     """Decorator registering ``handler`` for ``config`` under recipe stage ``name``."""
 
     def deco(handler: Handler) -> Handler:

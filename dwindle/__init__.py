@@ -1,0 +1,62 @@
+"""dwindle: make trained PyTorch models smaller, faster and cheaper to run, and prove it.
+
+Imports are lazy so ``import dwindle`` stays fast; each name loads its module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dwindle._version import __version__
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "Config": "dwindle.config",
+    "StageContext": "dwindle.config",
+    "apply": "dwindle.config",
+    "register_technique": "dwindle.config",
+    "techniques": "dwindle.config",
+    "Precision": "dwindle.precision",
+    "cast_": "dwindle.precision",
+    "TrainConfig": "dwindle.train",
+    "Callback": "dwindle.train",
+    "train": "dwindle.train",
+    "finetune": "dwindle.train",
+    "evaluate": "dwindle.train",
+    "MeasureConfig": "dwindle.measure",
+    "Report": "dwindle.measure",
+    "measure": "dwindle.measure",
+    "compare": "dwindle.measure",
+    "Recipe": "dwindle.recipe",
+    "load_recipe": "dwindle.recipe",
+    "run_recipe": "dwindle.pipeline",
+    "RunResult": "dwindle.pipeline",
+    "DwindleError": "dwindle.errors",
+    "ConfigError": "dwindle.errors",
+}
+# public sub-modules reachable as attributes: dw.data.load(...), dw.zoo.create(...)
+_SUBMODULES: dict[str, str] = {
+    "data": "dwindle.data",
+    "zoo": "dwindle.models",
+    "models": "dwindle.models",
+    "export": "dwindle.export",
+    "report": "dwindle.report",
+    "precision": "dwindle.precision",
+}
+
+__all__ = ["__version__", *sorted(_LAZY), *sorted(_SUBMODULES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(_SUBMODULES[name])
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dwindle' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,168 @@
+"""The ``dwindle`` command line: demo, run, measure, report, zoo, stages."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from dwindle.errors import DwindleError
+
+app = typer.Typer(
+    name="dwindle",
+    help="Make trained PyTorch models smaller, faster and cheaper to run, and prove it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+zoo_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: BaseException) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=False)
+    raise typer.Exit(code=2)
+
+
+def _finish(result: Any) -> None:
+    from dwindle.report import print_table
+
+    print_table(result.report, console=console)
+    for note in result.report.get("notes", []):
+        console.print(f"• {note}", highlight=False)
+    console.print(f"\nrun directory: [bold]{result.out_dir}[/bold]")
+    for name in ("report.md", "report.html", "metrics.json"):
+        console.print(f"  {result.out_dir / name}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run directory to write.")] = Path("runs/demo"),
+) -> None:
+    """Train a small baseline offline, run the default recipe, print and write the report."""
+    from dwindle.pipeline import run_recipe
+
+    recipe_path = resources.files("dwindle") / "recipes" / "demo.yaml"
+    try:
+        with resources.as_file(recipe_path) as path:
+            result = run_recipe(path, out, overwrite=True, console=console)
+    except DwindleError as exc:
+        _fail(exc)
+    _finish(result)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over in an existing run dir.")] = False,
+) -> None:
+    """Run a recipe: baseline, compression stages, measurement, report, export."""
+    from dwindle.pipeline import run_recipe
+
+    try:
+        result = run_recipe(recipe, out, resume=resume, overwrite=overwrite, console=console)
+    except DwindleError as exc:
+        _fail(exc)
+    _finish(result)
+
+
+def _parse_args(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--arg expects key=value, got {pair!r}")
+        args[key] = yaml.safe_load(value)
+    return args
+
+
+@app.command()
+def measure(
+    model: Annotated[str, typer.Argument(help="Zoo name or path/to/file.py:factory.")],
+    weights: Annotated[Path | None, typer.Option(help="safetensors or torch checkpoint.")] = None,
+    data: Annotated[str, typer.Option(help="Dataset name (see dwindle.data).")] = "mnist",
+    root: Annotated[Path | None, typer.Option(help="Dataset directory.")] = None,
+    arg: Annotated[list[str] | None, typer.Option(help="Model kwarg key=value (repeat).")] = None,
+    energy: Annotated[str, typer.Option(help="auto, rapl, codecarbon, estimate or off.")] = "auto",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write metrics JSON here.")
+    ] = None,
+) -> None:
+    """Measure any model: accuracy, size, FLOPs, latency, memory, energy."""
+    from dwindle import data as data_mod
+    from dwindle.measure import MeasureConfig
+    from dwindle.measure import measure as measure_model
+    from dwindle.models import build_model
+    from dwindle.report import print_table
+
+    try:
+        bundle = data_mod.load(data, root)
+        kwargs = _parse_args(arg or [])
+        kwargs.setdefault("num_classes", bundle.num_classes)
+        net = build_model(model, weights=weights, **kwargs)
+        config = MeasureConfig.from_dict({"energy": energy}, "measure")
+        report = measure_model(net, bundle, config=config, name=model).to_dict()
+        if json_out is not None:
+            from dwindle.export import atomic_write_bytes
+
+            atomic_write_bytes(json_out, json.dumps(report, indent=2).encode())
+    except DwindleError as exc:
+        _fail(exc)
+    print_table(report, console=console)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory holding metrics.json.")],
+) -> None:
+    """Re-render report.md / report.html / plots from a run's metrics.json."""
+    from dwindle.report import print_table, write_report
+
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        _fail(FileNotFoundError(f"{metrics} not found: is {run_dir} a dwindle run directory?"))
+    doc = json.loads(metrics.read_text())
+    try:
+        files = write_report(doc, run_dir)
+    except DwindleError as exc:
+        _fail(exc)
+    print_table(doc, console=console)
+    for path in files.values():
+        console.print(f"  {path}")
+
+
+@app.command()
+def stages() -> None:
+    """List the compression stages a recipe can use."""
+    from dwindle.config import techniques
+
+    for name, tech in sorted(techniques().items()):
+        console.print(f"[bold]{name}[/bold]  {tech.config.__name__}  {tech.summary}")
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the zoo's models."""
+    from dwindle.models import available_models
+
+    for name, summary in sorted(available_models().items()):
+        console.print(f"[bold]{name}[/bold]  {summary}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

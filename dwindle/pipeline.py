@@ -1,0 +1,275 @@
+"""Run a recipe: build model and data, train the baseline, apply stages, measure, report, export.
+
+Each finished step is checkpointed in ``<out>/checkpoints`` and recorded in ``state.json``, so
+``resume=True`` continues after an interruption without redoing finished stages. Stage
+checkpoints are whole pickled modules (a stage may change the architecture, which a state dict
+cannot describe); they are only ever read back from a run directory this code wrote, after
+checking the SHA-256 recorded when they were written.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from dwindle.config import StageContext, apply
+from dwindle.errors import (
+    CheckpointError,
+    ConfigError,
+    DwindleError,
+    MissingExtraError,
+    OutputDirError,
+)
+from dwindle.export import atomic_write, atomic_write_bytes, ensure_dir
+from dwindle.recipe import Recipe, Stage, load_recipe
+
+__all__ = ["RunResult", "run_recipe"]
+
+BASELINE = "baseline"
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, the report dict, written files and the models."""
+
+    out_dir: Path
+    report: dict[str, Any]
+    files: dict[str, Path]
+    models: dict[str, nn.Module] = field(default_factory=dict)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _RunState:
+    """``state.json``: which steps are finished, their checkpoint files and hashes."""
+
+    def __init__(self, out_dir: Path, recipe_hash: str) -> None:
+        self.path = out_dir / "state.json"
+        self.ckpt_dir = out_dir / "checkpoints"
+        self.recipe_hash = recipe_hash
+        self.done: dict[str, dict[str, str]] = {}
+
+    def load(self) -> None:
+        if not self.path.exists():
+            return
+        state = json.loads(self.path.read_text())
+        if state.get("recipe_hash") != self.recipe_hash:
+            raise ConfigError(
+                f"cannot resume in {self.path.parent}: the recipe changed since that run started. "
+                "Run it in a new output directory (--out), or pass --overwrite to start over."
+            )
+        self.done = state.get("done", {})
+
+    def save_model(self, key: str, model: nn.Module) -> None:
+        ensure_dir(self.ckpt_dir)
+        path = self.ckpt_dir / f"{key}.pt"
+        atomic_write(path, lambda p: torch.save(model, p))
+        self.done[key] = {"file": path.name, "sha256": _sha256(path)}
+        doc = {"recipe_hash": self.recipe_hash, "done": self.done}
+        atomic_write_bytes(self.path, json.dumps(doc, indent=2).encode())
+
+    def load_model(self, key: str) -> nn.Module | None:
+        entry = self.done.get(key)
+        if entry is None:
+            return None
+        path = self.ckpt_dir / entry["file"]
+        if not path.exists() or _sha256(path) != entry["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {path} is missing or was modified after it was written; "
+                "refusing to load it. Start the run again with --overwrite."
+            )
+        # Safe: our own file, verified by the hash recorded when we wrote it (see module doc).
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    state = out_dir / "state.json"
+    if state.exists() and not resume and not overwrite:
+        raise OutputDirError(
+            f"{out_dir} already holds a run. Pass --resume to continue it, --overwrite to start "
+            "over, or --out to choose another directory."
+        )
+    ensure_dir(out_dir)
+    probe = out_dir / ".dwindle-write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputDirError(
+            f"cannot write to output directory {out_dir}: {exc.strerror}"
+        ) from None
+    if overwrite and not resume:
+        if state.exists():
+            state.unlink()
+        ckpts = out_dir / "checkpoints"
+        for old in ckpts.glob("*.pt") if ckpts.exists() else []:
+            old.unlink()
+
+
+def _build(recipe: Recipe) -> tuple[nn.Module, Any]:
+    from dwindle import data as data_mod
+    from dwindle.models import build_model
+
+    d = recipe.data
+    data = data_mod.load(
+        d.name,
+        recipe.resolve(d.root),
+        seed=d.seed,
+        val_size=d.val_size,
+        limit=d.limit,
+        normalize=d.normalize,
+        **d.options,
+    )
+    args = dict(recipe.model.args)
+    args.setdefault("num_classes", data.num_classes)
+    model = build_model(
+        recipe.resolve(recipe.model.spec) or recipe.model.spec,
+        weights=recipe.resolve(recipe.model.weights),
+        **args,
+    )
+    return model, data
+
+
+def _run_stage(
+    stage: Stage, model: nn.Module, ctx: StageContext, data: Any, console: Console
+) -> nn.Module:
+    from dwindle.train import train
+
+    console.print(f"[bold]stage[/bold] {stage.label}: {stage.technique}")
+    out = apply(copy.deepcopy(model), stage.config, ctx)
+    if stage.finetune is not None:
+        train(out, data, stage.finetune)
+    return out
+
+
+def run_recipe(
+    recipe: Recipe | str | Path | dict[str, Any],
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> RunResult:
+    """Run ``recipe`` end to end and write its run directory; see the module docstring."""
+    from dwindle.measure import compare
+    from dwindle.report import write_report
+    from dwindle.train import finetune, train
+
+    console = console or Console()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    stages = recipe.parsed_stages()
+    labels = [BASELINE, *(s.label for s in stages)]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"recipe.stages: stage names must be unique, got {labels}")
+    out = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
+    _prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    recipe_doc = recipe.model_dump(mode="json", exclude={"base_dir"})
+    recipe_hash = hashlib.sha256(json.dumps(recipe_doc, sort_keys=True).encode()).hexdigest()
+    state = _RunState(out, recipe_hash)
+    if resume:
+        state.load()
+
+    _seed_everything(recipe.seed)
+    model, data = _build(recipe)
+    baseline = state.load_model(BASELINE)
+    if baseline is None:
+        if recipe.baseline.train is not None:
+            console.print(f"[bold]baseline[/bold]: training {recipe.model.spec} on {data.name}")
+            train(
+                model,
+                data,
+                recipe.baseline.train,
+                checkpoint_path=out / "baseline-last-good.safetensors",
+            )
+        state.save_model(BASELINE, model)
+        baseline = model
+    else:
+        console.print("[bold]baseline[/bold]: restored from checkpoint")
+
+    ctx = StageContext(
+        data=data,
+        baseline=baseline,
+        out_dir=out,
+        finetune=lambda m, **kw: finetune(m, data, **kw),
+    )
+    models: dict[str, nn.Module] = {BASELINE: baseline}
+    current = baseline
+    for stage in stages:
+        restored = state.load_model(stage.label)
+        if restored is not None:
+            console.print(f"[bold]stage[/bold] {stage.label}: restored from checkpoint")
+            current = restored
+        else:
+            _seed_everything(recipe.seed)
+            current = _run_stage(stage, current, ctx, data, console)
+            state.save_model(stage.label, current)
+        models[stage.label] = current
+
+    console.print(
+        "[bold]measure[/bold]: accuracy, size, FLOPs, latency (interleaved), memory, energy"
+    )
+    report = compare(models, data, baseline=BASELINE, config=recipe.measure).to_dict()
+    report["title"] = f"dwindle run: {recipe.name}"
+    report["notes"] = [*report.get("notes", []), *ctx.notes]
+    report["recipe"] = recipe_doc
+    files = _export(recipe, models, current, data, out, report)
+    files.update(write_report(report, out))
+    return RunResult(out_dir=out, report=report, files=files, models=models)
+
+
+def _export(
+    recipe: Recipe,
+    models: dict[str, nn.Module],
+    final: nn.Module,
+    data: Any,
+    out: Path,
+    report: dict[str, Any],
+) -> dict[str, Path]:
+    from dwindle import export
+
+    files: dict[str, Path] = {}
+    art_dir = ensure_dir(out / "artifacts")
+    if "safetensors" in recipe.export:
+        for label, model in models.items():
+            fmt = export.default_format(model)
+            files[f"artifact:{label}"] = export.save(model, art_dir / f"{label}.{fmt}", fmt)
+    if "onnx" in recipe.export:
+        from dwindle.export.onnx_io import check_onnx, export_onnx
+
+        example = data.example_input(1)
+        path = art_dir / "final.onnx"
+        try:
+            export_onnx(final, example, path)
+            diff = check_onnx(path, final, example, atol=1e-2)
+            report["notes"].append(
+                f"ONNX export checked with onnxruntime: max |torch - ort| = {diff:.2e}"
+            )
+            files["onnx"] = path
+        except MissingExtraError:
+            raise
+        except DwindleError as exc:
+            report["notes"].append(f"ONNX export failed: {exc}")
+    return files

@@ -1,0 +1,162 @@
+"""Recipes: one YAML file that says model → data → baseline → compression stages → measure → export.
+
+```yaml
+name: lenet300-fp16
+model: {zoo: lenet300}                  # or {path: my_model.py:build, weights: ckpt.safetensors}
+data: {name: mnist}
+baseline: {train: {epochs: 10, lr: 0.1}}
+stages:
+  - precision: {dtype: fp16}
+    finetune: {epochs: 1, lr: 0.01}     # optional, after the technique
+measure: {batch_sizes: [1, 32]}
+export: [safetensors, onnx]
+```
+Every key is validated; an unknown key is reported with its path and the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from dwindle.config import Config, format_loc, get_technique, validate_config
+from dwindle.errors import ConfigError
+from dwindle.measure import MeasureConfig
+from dwindle.train import TrainConfig
+
+__all__ = ["BaselineSpec", "DataSpec", "ModelSpec", "Recipe", "Stage", "load_recipe"]
+
+
+class ModelSpec(Config):
+    """Where the model comes from: a zoo name or ``file.py:factory``, plus optional weights."""
+
+    zoo: str | None = None
+    path: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.zoo is None) == (self.path is None):
+            raise ValueError(
+                "give exactly one of 'zoo' (a zoo model name, see `dwindle zoo list`) "
+                "or 'path' (a 'file.py:factory' spec)"
+            )
+        return self
+
+    @property
+    def spec(self) -> str:
+        return self.zoo if self.zoo is not None else str(self.path)
+
+
+class DataSpec(Config):
+    """Dataset name and loader options (see ``dwindle.data.load``)."""
+
+    name: str = "digits"
+    root: str | None = None
+    seed: int = 0
+    limit: int | None = Field(default=None, ge=1)
+    val_size: int | float | None = None
+    normalize: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class BaselineSpec(Config):
+    """How to get the baseline: train it (``train``), or use the given weights as they are."""
+
+    train: TrainConfig | None = None
+
+
+class Recipe(Config):
+    """A validated recipe. ``stages`` hold raw dicts; :meth:`parsed_stages` validates them."""
+
+    name: str = "run"
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    baseline: BaselineSpec = Field(default_factory=BaselineSpec)
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    export: list[Literal["safetensors", "onnx"]] = Field(default_factory=lambda: ["safetensors"])
+    base_dir: str | None = None  # directory relative paths are resolved against
+
+    def parsed_stages(self) -> list[Stage]:
+        return [_parse_stage(raw, i) for i, raw in enumerate(self.stages)]
+
+    def resolve(self, path: str | None) -> str | None:
+        """Resolve a relative path against the recipe's directory when the file exists there."""
+        if path is None or os.path.isabs(path) or self.base_dir is None:
+            return path
+        spec_file, _, factory = path.partition(":")
+        candidate = Path(self.base_dir) / spec_file
+        if candidate.exists():
+            return str(candidate) + (f":{factory}" if factory else "")
+        return path
+
+
+_STAGE_OPTIONS = ("name", "finetune")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One parsed stage: the technique's config, a display label, optional fine-tuning."""
+
+    technique: str
+    config: Config
+    label: str
+    finetune: TrainConfig | None = None
+
+
+def _parse_stage(raw: Any, index: int) -> Stage:
+    where = f"recipe.stages[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a stage is a mapping like '- precision: {{dtype: fp16}}'")
+    keys = [k for k in raw if k not in _STAGE_OPTIONS]
+    if len(keys) != 1:
+        raise ConfigError(
+            f"{where}: a stage names exactly one technique (found {keys or 'none'}); "
+            f"other allowed keys are {', '.join(_STAGE_OPTIONS)}"
+        )
+    name = keys[0]
+    try:
+        tech = get_technique(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{format_loc(where, [name])}: {exc}") from None
+    config = validate_config(tech.config, raw[name], format_loc(where, [name]))
+    finetune = None
+    if raw.get("finetune") is not None:
+        finetune = validate_config(TrainConfig, raw["finetune"], f"{where}.finetune")
+    label = str(raw.get("name") or _default_label(name, config, index))
+    return Stage(technique=name, config=config, label=label, finetune=finetune)
+
+
+def _default_label(name: str, config: Config, index: int) -> str:
+    key = next(iter(v for k, v in config.to_dict().items() if k in ("dtype", "method")), None)
+    return f"{index + 1}-{name}" + (f"-{key}" if key else "")
+
+
+def load_recipe(source: str | os.PathLike[str] | dict[str, Any]) -> Recipe:
+    """Load and validate a recipe from a YAML file path or a dict; stages are checked too."""
+    base_dir = None
+    if isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {str(path)!r} does not exist (cwd: {Path.cwd()})")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping with a 'model' key")
+        base_dir = str(path.resolve().parent)
+    data.setdefault("base_dir", base_dir)
+    recipe = validate_config(Recipe, data, "recipe")
+    recipe.parsed_stages()  # fail early on a bad stage, before any training starts
+    return recipe

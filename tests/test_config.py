@@ -1,0 +1,65 @@
+import pytest
+import torch
+from torch import nn
+
+from dwindle.config import Config, StageContext, apply, get_technique, register_technique
+from dwindle.errors import ConfigError
+from dwindle.targets import matches, select_modules
+
+
+class _Scale(Config):
+    factor: float = 2.0
+
+
+class _Unregistered(Config):
+    x: int = 1
+
+
+@register_technique("test-scale", _Scale, "multiply weights (test only)")
+def _scale(model: nn.Module, config: _Scale, ctx: StageContext) -> nn.Module:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(config.factor)
+    ctx.note("scaled")
+    return model
+
+
+def test_registry_dispatches_by_config_type_and_name() -> None:
+    model = nn.Linear(2, 2, bias=False)
+    w = model.weight.detach().clone()
+    ctx = StageContext()
+    apply(model, _Scale(factor=3.0), ctx)
+    assert torch.equal(model.weight, w * 3)
+    assert ctx.notes == ["scaled"]
+    assert get_technique("test-scale").config is _Scale
+
+
+def test_unknown_stage_name_suggests_nearest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown stage 'precison'; did you mean 'precision'"):
+        get_technique("precison")
+
+
+def test_unregistered_config_type_is_an_error() -> None:
+    with pytest.raises(
+        ConfigError, match="no technique is registered for config type _Unregistered"
+    ):
+        apply(nn.Linear(1, 1), _Unregistered())
+
+
+def test_validation_wrong_type_names_path_and_value() -> None:
+    with pytest.raises(ConfigError, match=r"s\.factor: Input should be a valid number.*'abc'"):
+        _Scale.from_dict({"factor": "abc"}, "s")
+
+
+def test_pattern_matching_glob_and_regex() -> None:
+    assert matches("features.0", ["features.*"])
+    assert not matches("classifier.0", ["features.*"])
+    assert matches("layer1.0.conv2", [r"re:layer\d\.\d\.conv\d"])
+
+
+def test_select_modules_types_and_exclude() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.Linear(2, 2))
+    names = [n for n, _ in select_modules(model, ["*"], ["2"], (nn.Conv2d,))]
+    assert names == ["0"]
+    with pytest.raises(ConfigError, match=r"'9' matches no module of type Conv2d"):
+        select_modules(model, ["9"], types=(nn.Conv2d,))
