@@ -43,7 +43,8 @@ class DataBundle:
             x, y = self.split(split)
             if len(x) != len(y):
                 raise ConfigError(
-                    f"dataset {self.name!r}: split {split!r} has {len(x)} inputs but {len(y)} labels"
+                    f"dataset {self.name!r}: split {split!r} has {len(x)} inputs "
+                    f"but {len(y)} labels"
                 )
 
     @property
