@@ -9,7 +9,7 @@ from dwindle.errors import MissingExtraError
 
 
 def require(module: str, extra: str, feature: str | None = None) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingExtraError` naming ``pip install 'dwindle[extra]'``."""
+    """Import ``module`` or raise :class:`MissingExtraError` naming the extra to install."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:

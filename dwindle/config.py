@@ -8,6 +8,7 @@ handler, never a new keyword on an old function.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import importlib
 import typing
@@ -37,11 +38,30 @@ __all__ = [
 
 C = TypeVar("C", bound="Config")
 
+# Nesting depth of config validation: only the outermost call turns pydantic's error into a
+# ConfigError, so nested configs' errors merge into one message with full key paths.
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("dwindle_config_depth", default=0)
+
 
 class Config(BaseModel):
-    """Base of every dwindle config: immutable, validated on construction, YAML-serialisable."""
+    """Base of every dwindle config: immutable, validated on construction, YAML-serialisable.
+
+    Bad values raise :class:`ConfigError` naming the field, whether the config is built
+    directly (``TrainConfig(lr=-1)``) or from a dict (``TrainConfig.from_dict(...)``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    def __init__(self, **data: Any) -> None:
+        token = _depth.set(_depth.get() + 1)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            if _depth.get() > 1:
+                raise
+            raise ConfigError(validation_message(type(self), exc, type(self).__name__)) from None
+        finally:
+            _depth.reset(token)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready dict of the config's values."""
@@ -121,10 +141,15 @@ def validate_config(cls: type[C], data: Any, path: str) -> C:
         return data
     if data is None:
         data = {}
+    token = _depth.set(_depth.get() + 1)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
+        if _depth.get() > 1:
+            raise
         raise ConfigError(validation_message(cls, exc, path)) from None
+    finally:
+        _depth.reset(token)
 
 
 @dataclass

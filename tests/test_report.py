@@ -286,6 +286,6 @@ def test_write_report_refuses_an_uncreatable_dir(report: dict, tmp_path: Path) -
     blocker = tmp_path / "f.txt"
     blocker.write_text("not a directory")
     target = blocker / "sub"
-    with pytest.raises(OutputDirError, match="another output directory") as info:
+    with pytest.raises(OutputDirError, match="choose a directory you can write to") as info:
         write_report(report, target)
     assert str(target) in str(info.value)

@@ -14,14 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dwindle.export.atomic import atomic_write_bytes, ensure_dir
 from dwindle.report.html import to_html
 from dwindle.report.markdown import to_markdown
-from dwindle.report.plots import (
-    _output_dir_error,
-    _write_atomic,
-    accuracy_vs_size_plot,
-    latency_vs_size_plot,
-)
+from dwindle.report.plots import accuracy_vs_size_plot, latency_vs_size_plot
 from dwindle.report.table import (
     comparison_cells,
     format_bytes,
@@ -69,16 +65,13 @@ def write_report(report: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> 
     report_rows(report)  # a malformed report fails before anything touches the disk
     metrics_json = json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n"
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _output_dir_error(out, exc) from exc
+    ensure_dir(out)
     paths: dict[str, Path] = {}
     for name, plot in _PLOTS:
         if (written := plot(report, out / f"{name}.png")) is not None:
             paths[name] = written
     plots = list(paths.values())
-    paths["markdown"] = _write_atomic(out / "report.md", to_markdown(report, plots).encode())
-    paths["html"] = _write_atomic(out / "report.html", to_html(report, plots).encode())
-    paths["metrics"] = _write_atomic(out / "metrics.json", metrics_json.encode())
+    paths["markdown"] = atomic_write_bytes(out / "report.md", to_markdown(report, plots).encode())
+    paths["html"] = atomic_write_bytes(out / "report.html", to_html(report, plots).encode())
+    paths["metrics"] = atomic_write_bytes(out / "metrics.json", metrics_json.encode())
     return paths

@@ -6,16 +6,14 @@ matplotlib is imported inside the functions, and only its object API is used (no
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dwindle.errors import OutputDirError
+from dwindle.export.atomic import atomic_write_bytes
 from dwindle.report.table import (
     _number,
     accuracy_of,
@@ -27,37 +25,6 @@ from dwindle.report.table import (
 )
 
 __all__ = ["accuracy_vs_size_plot", "latency_vs_size_plot"]
-
-
-def _output_dir_error(directory: Path, exc: OSError) -> OutputDirError:
-    reason = exc.strerror or str(exc)
-    return OutputDirError(
-        f"Cannot write to the output directory {str(directory)!r}: {reason}. "
-        "Pass another output directory, one you can create and write to."
-    )
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A reader never sees a half-written file, and a crash leaves the old file intact.
-    """
-    path = Path(path)
-    # open(..., "xb") rather than mkstemp: mkstemp's 0600 mode would ignore the user's umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise _output_dir_error(path.parent, exc) from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
 
 
 def _scatter(
@@ -101,7 +68,7 @@ def _scatter(
     ax.grid(True, which="major", alpha=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    return _write_atomic(Path(path), buffer.getvalue())
+    return atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def accuracy_vs_size_plot(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path | None:

@@ -1,0 +1,80 @@
+"""Parameter and non-zero counts and sparsity (mask-aware, tied weights counted once)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "count_nonzeros",
+    "count_params",
+    "sparsity",
+    "weight_density",
+]
+
+# Pruning keeps a mask next to the weight: dwindle's convention is a buffer "<param>_mask";
+# torch.nn.utils.prune renames the parameter "<param>_orig" and keeps "<param>_mask".
+_MASK_SUFFIX = "_mask"
+_ORIG_SUFFIX = "_orig"
+
+
+def _key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
+    """Identity of the memory a tensor views, so tied weights count once."""
+    ptr = t.untyped_storage().data_ptr() if t.numel() else id(t)
+    return (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter entries, counting shared (tied) tensors once. Buffers excluded."""
+    seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
+    total = 0
+    for p in model.parameters():
+        k = _key(p)
+        if k not in seen:
+            seen.add(k)
+            total += p.numel()
+    return total
+
+
+def _mask_for(module: nn.Module, name: str) -> torch.Tensor | None:
+    base = name[: -len(_ORIG_SUFFIX)] if name.endswith(_ORIG_SUFFIX) else name
+    mask = module._buffers.get(base + _MASK_SUFFIX)
+    return mask if isinstance(mask, torch.Tensor) else None
+
+
+def _nonzeros(p: torch.Tensor, mask: torch.Tensor | None) -> int:
+    nz = p.detach() != 0
+    if mask is not None:
+        nz = nz & (mask.detach() != 0)
+    return int(nz.sum().item())
+
+
+def count_nonzeros(model: nn.Module) -> int:
+    """Non-zero parameter entries; a weight with a ``<name>_mask`` buffer counts ``weight*mask``."""
+    seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
+    total = 0
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is None:
+                continue
+            k = _key(p)
+            if k in seen:
+                continue
+            seen.add(k)
+            total += _nonzeros(p, _mask_for(module, name))
+    return total
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of parameter entries that are zero (0.0 for a model without parameters)."""
+    n = count_params(model)
+    return 0.0 if n == 0 else 1.0 - count_nonzeros(model) / n
+
+
+def weight_density(module: nn.Module) -> float:
+    """Non-zero fraction of ``module.weight`` (mask-aware); 1.0 when it has no weight."""
+    for name in ("weight", "weight" + _ORIG_SUFFIX):
+        p = module._parameters.get(name)
+        if isinstance(p, torch.Tensor) and p.numel():
+            return _nonzeros(p, _mask_for(module, name)) / p.numel()
+    return 1.0
