@@ -25,7 +25,7 @@ from _common import ARTIFACTS, RESULTS, write_results
 import dwindle as dw
 from dwindle import data as dwdata
 from dwindle.export import save
-from dwindle.measure import MeasureConfig, measure
+from dwindle.metrics import MeasureConfig, measure
 from dwindle.models import create
 
 

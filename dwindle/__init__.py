@@ -19,15 +19,15 @@ _LAZY: dict[str, str] = {
     "techniques": "dwindle.config",
     "Precision": "dwindle.precision",
     "cast_": "dwindle.precision",
-    "TrainConfig": "dwindle.train",
-    "Callback": "dwindle.train",
-    "train": "dwindle.train",
-    "finetune": "dwindle.train",
-    "evaluate": "dwindle.train",
-    "MeasureConfig": "dwindle.measure",
-    "Report": "dwindle.measure",
-    "measure": "dwindle.measure",
-    "compare": "dwindle.measure",
+    "TrainConfig": "dwindle.training",
+    "Callback": "dwindle.training",
+    "train": "dwindle.training",
+    "finetune": "dwindle.training",
+    "evaluate": "dwindle.training",
+    "MeasureConfig": "dwindle.metrics",
+    "Report": "dwindle.metrics",
+    "measure": "dwindle.metrics",
+    "compare": "dwindle.metrics",
     "Recipe": "dwindle.recipe",
     "load_recipe": "dwindle.recipe",
     "run_recipe": "dwindle.pipeline",
@@ -35,7 +35,8 @@ _LAZY: dict[str, str] = {
     "DwindleError": "dwindle.errors",
     "ConfigError": "dwindle.errors",
 }
-# public sub-modules reachable as attributes: dw.data.load(...), dw.zoo.create(...)
+# public sub-modules reachable as attributes: dw.data.load(...), dw.zoo.create(...). No
+# sub-module shares a name with a function above: importing it would shadow the function.
 _SUBMODULES: dict[str, str] = {
     "data": "dwindle.data",
     "zoo": "dwindle.models",
@@ -43,6 +44,8 @@ _SUBMODULES: dict[str, str] = {
     "export": "dwindle.export",
     "report": "dwindle.report",
     "precision": "dwindle.precision",
+    "metrics": "dwindle.metrics",
+    "training": "dwindle.training",
 }
 
 __all__ = ["__version__", *sorted(_LAZY), *sorted(_SUBMODULES)]

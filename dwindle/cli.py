@@ -101,8 +101,8 @@ def measure(
 ) -> None:
     """Measure any model: accuracy, size, FLOPs, latency, memory, energy."""
     from dwindle import data as data_mod
-    from dwindle.measure import MeasureConfig
-    from dwindle.measure import measure as measure_model
+    from dwindle.metrics import MeasureConfig
+    from dwindle.metrics import measure as measure_model
     from dwindle.models import build_model
     from dwindle.report import print_table
 

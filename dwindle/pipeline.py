@@ -155,7 +155,7 @@ def _build(recipe: Recipe) -> tuple[nn.Module, Any]:
 def _run_stage(
     stage: Stage, model: nn.Module, ctx: StageContext, data: Any, console: Console
 ) -> nn.Module:
-    from dwindle.train import train
+    from dwindle.training import train
 
     console.print(f"[bold]stage[/bold] {stage.label}: {stage.technique}")
     out = apply(copy.deepcopy(model), stage.config, ctx)
@@ -173,9 +173,9 @@ def run_recipe(
     console: Console | None = None,
 ) -> RunResult:
     """Run ``recipe`` end to end and write its run directory; see the module docstring."""
-    from dwindle.measure import compare
+    from dwindle.metrics import compare
     from dwindle.report import write_report
-    from dwindle.train import finetune, train
+    from dwindle.training import finetune, train
 
     console = console or Console()
     if not isinstance(recipe, Recipe):

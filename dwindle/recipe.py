@@ -26,8 +26,8 @@ from pydantic import Field, model_validator
 
 from dwindle.config import Config, format_loc, get_technique, validate_config
 from dwindle.errors import ConfigError
-from dwindle.measure import MeasureConfig
-from dwindle.train import TrainConfig
+from dwindle.metrics import MeasureConfig
+from dwindle.training import TrainConfig
 
 __all__ = ["BaselineSpec", "DataSpec", "ModelSpec", "Recipe", "Stage", "load_recipe"]
 

@@ -32,7 +32,7 @@ from dwindle.export import (
     save,
 )
 from dwindle.export import formats as formats_module
-from dwindle.measure import artifact_bytes
+from dwindle.metrics import artifact_bytes
 
 
 def mlp(hidden: int = 16) -> nn.Module:

@@ -1,4 +1,4 @@
-"""dwindle.measure: counts, FLOPs, size, latency, memory, energy, accuracy, measure/compare."""
+"""dwindle.metrics: counts, FLOPs, size, latency, memory, energy, accuracy, measure/compare."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-import dwindle.measure.energy as energy_module
-import dwindle.measure.memory as memory_module
+import dwindle.metrics.energy as energy_module
+import dwindle.metrics.memory as memory_module
 from dwindle._imports import available
 from dwindle.data.bundle import DataBundle
 from dwindle.errors import ConfigError, DwindleError
-from dwindle.measure import (
+from dwindle.metrics import (
     J_PER_FLOP,
     MeasureConfig,
     artifact_bytes,

@@ -14,7 +14,7 @@ from torch import nn
 from dwindle.data.bundle import DataBundle
 from dwindle.errors import ConfigError, ModelSpecError, TrainingDivergedError
 from dwindle.models import create
-from dwindle.train import (
+from dwindle.training import (
     Callback,
     LRMultiplier,
     TrainConfig,
@@ -127,7 +127,7 @@ def test_single_callback_and_bad_callback(data: DataBundle) -> None:
     rec = Recorder()
     train(make_model(), data, TrainConfig(epochs=1, **FAST), callbacks=rec)  # type: ignore[arg-type]
     assert rec.events[0][0] == "train_begin"
-    with pytest.raises(ConfigError, match=r"callbacks must be dwindle\.train\.Callback instances"):
+    with pytest.raises(ConfigError, match=r"callbacks must be dwindle\.training\.Callback instances"):
         train(make_model(), data, TrainConfig(epochs=1, **FAST), callbacks=[print])  # type: ignore[list-item]
 
 

@@ -28,8 +28,8 @@ _QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "on
 
 
 def _as_tuple(model: nn.Module, example_input: Inputs) -> tuple[torch.Tensor, ...]:
-    # Imported here: dwindle.measure imports dwindle.export at module level.
-    from dwindle.measure._model import prepare_input
+    # Imported here: dwindle.metrics imports dwindle.export at module level.
+    from dwindle.metrics._model import prepare_input
 
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     if not args or not all(isinstance(a, torch.Tensor) for a in args):

@@ -100,7 +100,7 @@ def check_callbacks(callbacks: Any) -> CallbackList:
     for cb in items:
         if not isinstance(cb, Callback):
             raise ConfigError(
-                f"callbacks must be dwindle.train.Callback instances (got {type(cb).__name__}); "
+                f"callbacks must be dwindle.training.Callback instances (got {type(cb).__name__}); "
                 "subclass Callback and override its on_* methods"
             )
     return CallbackList(items)

@@ -19,13 +19,13 @@ from dwindle.config import Config, validate_config
 from dwindle.data.bundle import DataBundle
 from dwindle.errors import ConfigError
 from dwindle.export.atomic import atomic_write_bytes
-from dwindle.measure.accuracy import evaluate_accuracy
-from dwindle.measure.counts import count_nonzeros, count_params
-from dwindle.measure.energy import measure_energy
-from dwindle.measure.flops import count_flops, effective_flops
-from dwindle.measure.latency import fixed_threads, measure_latency
-from dwindle.measure.memory import peak_memory
-from dwindle.measure.size import artifact_bytes
+from dwindle.metrics.accuracy import evaluate_accuracy
+from dwindle.metrics.counts import count_nonzeros, count_params
+from dwindle.metrics.energy import measure_energy
+from dwindle.metrics.flops import count_flops, effective_flops
+from dwindle.metrics.latency import fixed_threads, measure_latency
+from dwindle.metrics.memory import peak_memory
+from dwindle.metrics.size import artifact_bytes
 
 __all__ = ["MeasureConfig", "Report", "compare", "machine_info", "measure"]
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from dwindle.data.bundle import DataBundle
 from dwindle.errors import ConfigError
-from dwindle.measure._model import eval_mode, first_output, model_input_dtype
+from dwindle.metrics._model import eval_mode, first_output, model_input_dtype
 
 __all__ = ["evaluate_accuracy"]
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dwindle.errors import ConfigError
-from dwindle.measure._model import eval_mode, model_device, prepare_input
+from dwindle.metrics._model import eval_mode, model_device, prepare_input
 
 __all__ = ["fixed_threads", "measure_latency", "percentiles"]
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from dwindle._imports import available, require
 from dwindle.errors import ConfigError, DwindleError
-from dwindle.measure._model import eval_mode, prepare_input
+from dwindle.metrics._model import eval_mode, prepare_input
 
 __all__ = ["J_PER_FLOP", "RAPL_ROOT", "EnergySource", "measure_energy", "rapl_readable"]
 
@@ -138,7 +138,7 @@ def _by_codecarbon(model: nn.Module, x: torch.Tensor, seconds: float) -> tuple[f
 
 def _by_estimate(model: nn.Module, x: torch.Tensor, flops: int | None) -> tuple[float, str]:
     if flops is None:
-        from dwindle.measure.flops import count_flops
+        from dwindle.metrics.flops import count_flops
 
         flops = count_flops(model, x)
     return flops * J_PER_FLOP, f"estimate: FLOPs × {J_PER_FLOP:g} J/FLOP (no power meter)"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dwindle.errors import ConfigError
-from dwindle.measure._model import eval_mode, prepare_input
+from dwindle.metrics._model import eval_mode, prepare_input
 
 __all__ = ["peak_memory", "state_bytes"]
 

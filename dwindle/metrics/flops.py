@@ -7,8 +7,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dwindle.errors import ConfigError
-from dwindle.measure._model import eval_mode, prepare_input
-from dwindle.measure.counts import weight_density
+from dwindle.metrics._model import eval_mode, prepare_input
+from dwindle.metrics.counts import weight_density
 
 __all__ = ["count_flops", "count_flops_by_module", "effective_flops"]
 

@@ -6,15 +6,15 @@ one run (latency interleaved) with ratios against the baseline. The primitives a
 
 from __future__ import annotations
 
-from dwindle.measure._model import eval_mode, model_device, model_input_dtype, prepare_input
-from dwindle.measure.accuracy import evaluate_accuracy
-from dwindle.measure.counts import count_nonzeros, count_params, sparsity, weight_density
-from dwindle.measure.energy import J_PER_FLOP, measure_energy, rapl_readable
-from dwindle.measure.flops import count_flops, count_flops_by_module, effective_flops
-from dwindle.measure.latency import fixed_threads, measure_latency, percentiles
-from dwindle.measure.memory import peak_memory, state_bytes
-from dwindle.measure.report import MeasureConfig, Report, compare, machine_info, measure
-from dwindle.measure.size import artifact_bytes
+from dwindle.metrics._model import eval_mode, model_device, model_input_dtype, prepare_input
+from dwindle.metrics.accuracy import evaluate_accuracy
+from dwindle.metrics.counts import count_nonzeros, count_params, sparsity, weight_density
+from dwindle.metrics.energy import J_PER_FLOP, measure_energy, rapl_readable
+from dwindle.metrics.flops import count_flops, count_flops_by_module, effective_flops
+from dwindle.metrics.latency import fixed_threads, measure_latency, percentiles
+from dwindle.metrics.memory import peak_memory, state_bytes
+from dwindle.metrics.report import MeasureConfig, Report, compare, machine_info, measure
+from dwindle.metrics.size import artifact_bytes
 
 __all__ = [
     "J_PER_FLOP",
