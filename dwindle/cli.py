@@ -27,7 +27,9 @@ err_console = Console(stderr=True)
 
 
 def _fail(exc: BaseException) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=False)
+    from rich.text import Text
+
+    err_console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -110,6 +112,8 @@ def measure(
         bundle = data_mod.load(data, root)
         kwargs = _parse_args(arg or [])
         kwargs.setdefault("num_classes", bundle.num_classes)
+        if ".py:" not in model:
+            kwargs.setdefault("input_shape", bundle.input_shape)
         net = build_model(model, weights=weights, **kwargs)
         config = MeasureConfig.from_dict({"energy": energy}, "measure")
         report = measure_model(net, bundle, config=config, name=model).to_dict()

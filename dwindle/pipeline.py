@@ -144,6 +144,8 @@ def _build(recipe: Recipe) -> tuple[nn.Module, Any]:
     )
     args = dict(recipe.model.args)
     args.setdefault("num_classes", data.num_classes)
+    if recipe.model.zoo is not None:  # every zoo model takes input_shape; user factories may not
+        args.setdefault("input_shape", data.input_shape)
     model = build_model(
         recipe.resolve(recipe.model.spec) or recipe.model.spec,
         weights=recipe.resolve(recipe.model.weights),

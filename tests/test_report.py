@@ -191,10 +191,10 @@ def test_rich_table_shows_variants_energy_source_and_slowdown(report: dict) -> N
 def test_rich_table_styles_slowdown_red_and_prints_markup_literally(report: dict) -> None:
     report["rows"][2]["variant"] = "[bold]odd[/bold]"
     table = rich_table(report)
-    speedup_b1 = next(
-        c for c in table.columns if " ".join(str(c.header).split()) == "Speed-up b1 (measured)"
-    )
-    cells = list(speedup_b1.cells)
+    # transposed: one row per metric, one column per variant
+    metrics = [str(c) for c in table.columns[0].cells]
+    row = metrics.index("Speed-up b1 (measured)")
+    cells = [list(col.cells)[row] for col in table.columns[1:]]
     assert str(cells[1]) == "0.62× (slower)" and cells[1].style == "red"
     assert cells[0].style == ""
     assert "[bold]odd[/bold]" in _text(report)
@@ -289,3 +289,11 @@ def test_write_report_refuses_an_uncreatable_dir(report: dict, tmp_path: Path) -
     with pytest.raises(OutputDirError, match="choose a directory you can write to") as info:
         write_report(report, target)
     assert str(target) in str(info.value)
+
+
+def test_short_energy_source_keeps_estimate_label() -> None:
+    from dwindle.report.table import short_source
+
+    assert short_source("codecarbon (estimate: CPU load × 8 W TDP)") == "codecarbon, estimate"
+    assert short_source("estimate: FLOPs × 1e-10 J/FLOP (no power meter)") == "estimate"
+    assert short_source("RAPL (powercap, 1 package(s))") == "RAPL"

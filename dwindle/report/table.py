@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +119,18 @@ def format_energy(joules: float | None, source: str | None = None) -> str:
     text = _in_units(joules, _JOULE_UNITS)
     if text == DASH:
         return DASH
-    return f"{text} ({source or 'source unknown'})"
+    return f"{text} ({short_source(source) if source else 'source unknown'})"
+
+
+def short_source(source: str) -> str:
+    """Table-sized energy source: "codecarbon (estimate: load × TDP…)" → "codecarbon, estimate".
+
+    The full label stays in metrics.json and the report's notes.
+    """
+    head = source.split(" (")[0].split(":")[0].strip()
+    if "estimate" in source.lower() and "estimate" not in head.lower():
+        head += ", estimate"
+    return head
 
 
 def format_percent(fraction: float | None) -> str:
@@ -285,9 +295,6 @@ def _main_columns(report: Mapping[str, Any], batches: Sequence[str]) -> list[tup
     def spearman(m: dict) -> str:
         return DASH if m.get("spearman") is None else _plain(m["spearman"])
 
-    def memory(m: dict) -> str:
-        return _with_note(format_bytes(m.get("peak_mem_bytes")), m.get("peak_mem_source"))
-
     def nnz(m: dict) -> str | None:
         return format_ratio(m["nonzeros_ratio"]) if m.get("nonzeros_ratio") else None
 
@@ -303,7 +310,7 @@ def _main_columns(report: Mapping[str, Any], batches: Sequence[str]) -> list[tup
     for b in batches:
         cols.append((f"Latency {b} p50 / p95", lambda m, b=b: _latency_cell(m, b)))
     cols += [
-        ("Peak memory", memory),
+        ("Peak memory", lambda m: format_bytes(m.get("peak_mem_bytes"))),
         ("Energy / sample", lambda m: format_energy(m.get("energy_j"), m.get("energy_source"))),
         ("Compression (bytes)", lambda m: format_ratio(m.get("compression_rate"))),
         ("Params ratio", lambda m: format_ratio(m.get("params_ratio"))),
@@ -377,18 +384,19 @@ def rich_table(report: Mapping[str, Any]) -> Table:
     from rich.text import Text
 
     headers, rows = table_cells(report)
+    # Transposed (one column per variant, one row per metric): a terminal fits a handful of
+    # variants side by side, never fifteen metric columns.
     table = Table(title=report_title(report), caption=machine_line(report))
-    for i, header in enumerate(headers):
-        # Headers pre-wrapped to their column's widest cell: on a console wide enough for the
-        # figures, the long headers wrap and the figures stay whole.
-        width = max([len(row[i]) for row in rows] + [len(word) for word in header.split()])
-        wrapped = "\n".join(textwrap.wrap(header, width))
-        table.add_column(wrapped, justify="left" if i == 0 else "right")
+    table.add_column("Metric", justify="left", style="bold")
     baseline = report.get("baseline")
     for (name, _), cells in zip(report_rows(report), rows, strict=True):
         # Text, not markup strings: a variant named "[bold]" must print as typed.
-        styled = [Text(c, style="red" if i and is_slowdown(c) else "") for i, c in enumerate(cells)]
-        table.add_row(*styled, style="bold" if name == baseline else None)
+        table.add_column(
+            Text(cells[0]), justify="right", header_style="bold" if name == baseline else ""
+        )
+    for i, header in enumerate(headers[1:], start=1):
+        styled = [Text(row[i], style="red" if is_slowdown(row[i]) else "") for row in rows]
+        table.add_row(header, *styled)
     return table
 
 
