@@ -62,8 +62,8 @@ JOBS = [
     ),
     Job(
         "cnn1d_mnist1d", "cnn1d", "mnist1d",
-        {"epochs": 150, "batch_size": 100, "optimizer": "adam", "lr": 1e-2,
-         "weight_decay": 0.0, "schedule": "cosine"},
+        {"epochs": 60, "batch_size": 100, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+         "weight_decay": 5e-4, "schedule": "cosine"},
         target="baseline_cnn1d_mnist1d",
         paper={"accuracy": 0.94, "source": "Greydanus 2020, MNIST-1D, CNN"},
     ),

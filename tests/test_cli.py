@@ -1,0 +1,95 @@
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dwindle.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_zoo_list_and_stages() -> None:
+    result = runner.invoke(app, ["zoo", "list"])
+    assert result.exit_code == 0
+    for name in ("lenet300", "lenet5", "cnn4bn", "mlp", "resnet", "cnn1d"):
+        assert name in result.output
+    result = runner.invoke(app, ["stages"])
+    assert result.exit_code == 0 and "precision" in result.output
+
+
+def test_run_example_recipe_and_report(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["run", str(ROOT / "examples" / "byo_model.yaml"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Compression (bytes)" in result.output
+    assert (out / "report.html").is_file()
+    (out / "report.md").unlink()
+    again = runner.invoke(app, ["report", str(out)])
+    assert again.exit_code == 0 and (out / "report.md").is_file()
+
+
+def test_run_bad_recipe_prints_error_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "r.yaml"
+    bad.write_text("model: {zoo: mlp}\nstages:\n  - precision: {dtyp: fp16}\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    assert "did you mean 'dtype'" in result.output
+
+
+def test_measure_any_model_writes_json(tmp_path: Path) -> None:
+    js = tmp_path / "m.json"
+    result = runner.invoke(
+        app,
+        [
+            "measure",
+            f"{ROOT / 'examples' / 'my_model.py'}:build",
+            "--data",
+            "digits",
+            "--arg",
+            "hidden=16",
+            "--energy",
+            "off",
+            "--json",
+            str(js),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(js.read_text())["rows"][0]["metrics"]
+    assert metrics["params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert metrics["energy_j"] is None and metrics["energy_source"] == "off"
+
+
+def test_measure_unknown_zoo_model_suggests() -> None:
+    result = runner.invoke(app, ["measure", "lenet30", "--data", "digits"])
+    assert result.exit_code == 2
+    assert "lenet300" in result.output
+
+
+def test_measure_bad_arg_syntax() -> None:
+    result = runner.invoke(app, ["measure", "mlp", "--data", "digits", "--arg", "hidden"])
+    assert result.exit_code != 0
+    assert "key=value" in result.output
+
+
+def test_report_on_non_run_dir(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "metrics.json" in result.output
+
+
+@pytest.mark.timeout(300)
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for needle in ("baseline", "Accuracy", "Size on disk", "Energy / sample", "Speed-up b32"):
+        assert needle in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["rows"]) >= 2
+    base = metrics["rows"][0]["metrics"]
+    assert base["accuracy"] > 0.9  # the demo baseline really learns the digits
+    assert all(r["metrics"]["energy_source"] for r in metrics["rows"])
+    assert (out / "accuracy_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
