@@ -21,12 +21,17 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).resolve().parent,
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", "dwindle", "benchmarks/*.py"],
-            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

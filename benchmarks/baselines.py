@@ -42,28 +42,65 @@ class Job:
 
 JOBS = [
     Job(
-        "lenet300", "lenet300", "mnist",
-        {"epochs": 30, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
-         "nesterov": True, "weight_decay": 1e-4, "schedule": "cosine"},
+        "lenet300",
+        "lenet300",
+        "mnist",
+        {
+            "epochs": 30,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "lr": 0.05,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 1e-4,
+            "schedule": "cosine",
+        },
         target="baseline_lenet300_mnist",
         paper={"error_pct": 1.64, "source": "Han et al. 2015, Table 1 (reference model)"},
     ),
     Job(
-        "lenet5", "lenet5", "mnist",
-        {"epochs": 20, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
-         "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine"},
+        "lenet5",
+        "lenet5",
+        "mnist",
+        {
+            "epochs": 20,
+            "batch_size": 128,
+            "optimizer": "sgd",
+            "lr": 0.05,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+        },
         target="baseline_lenet5_mnist",
         paper={"error_pct": 0.80, "source": "Han et al. 2015, Table 1 (reference model)"},
     ),
     Job(
-        "cnn4bn_mnist", "cnn4bn", "mnist",
-        {"epochs": 8, "batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
-         "schedule": "cosine"},
+        "cnn4bn_mnist",
+        "cnn4bn",
+        "mnist",
+        {
+            "epochs": 8,
+            "batch_size": 128,
+            "optimizer": "adamw",
+            "lr": 2e-3,
+            "weight_decay": 1e-4,
+            "schedule": "cosine",
+        },
     ),
     Job(
-        "cnn1d_mnist1d", "cnn1d", "mnist1d",
-        {"epochs": 60, "batch_size": 100, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
-         "weight_decay": 5e-4, "schedule": "cosine"},
+        "cnn1d_mnist1d",
+        "cnn1d",
+        "mnist1d",
+        {
+            "epochs": 60,
+            "batch_size": 100,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "schedule": "cosine",
+        },
         target="baseline_cnn1d_mnist1d",
         paper={"accuracy": 0.94, "source": "Greydanus 2020, MNIST-1D, CNN"},
     ),
@@ -99,8 +136,12 @@ def run_job(job: Job, seed: int, epochs_scale: float) -> dict[str, Any]:
     metrics["epochs"] = train_cfg["epochs"]
     metrics["best_val_accuracy"] = max(h["val_accuracy"] for h in result.history)
     row: dict[str, Any] = {
-        "variant": job.variant, "model": job.model, "dataset": job.dataset, "split": "test",
-        "metrics": metrics, "train": train_cfg,
+        "variant": job.variant,
+        "model": job.model,
+        "dataset": job.dataset,
+        "split": "test",
+        "metrics": metrics,
+        "train": train_cfg,
     }
     if job.paper:
         row["paper"] = job.paper
@@ -124,17 +165,18 @@ def main() -> None:
         rows[job.variant] = run_job(job, args.seed, args.epochs_scale)
         m = rows[job.variant]["metrics"]
         print(f"   test error {m['error_pct']:.2f} %  ({m['train_seconds']} s)", flush=True)
-    targets = {
-        j.target: {"candidate": j.variant} for j in JOBS if j.target and j.variant in rows
-    }
+    targets = {j.target: {"candidate": j.variant} for j in JOBS if j.target and j.variant in rows}
     notes = [
         "Fashion-MNIST / KMNIST are not on this machine (no network); the IDX loader reads them "
         "from a directory (tests use IDX fixtures).",
         "Latency: fp32 eager PyTorch, median of 30 runs after warm-up, threads as listed.",
     ]
     out = write_results(
-        "baselines", [rows[j.variant] for j in JOBS if j.variant in rows], targets,
-        columns=COLUMNS, notes=notes,
+        "baselines",
+        [rows[j.variant] for j in JOBS if j.variant in rows],
+        targets,
+        columns=COLUMNS,
+        notes=notes,
     )
     print(f"wrote {out} and {Path(out).with_suffix('.md')}")
 

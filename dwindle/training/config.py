@@ -64,9 +64,7 @@ class TrainConfig(Config):
         try:
             torch.device(device)
         except (RuntimeError, ValueError):
-            raise ValueError(
-                "not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1'"
-            ) from None
+            raise ValueError("not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1'") from None
         return device
 
     @model_validator(mode="after")
