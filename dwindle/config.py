@@ -190,7 +190,14 @@ _BY_CONFIG: dict[type[Config], Technique] = {}
 _BY_NAME: dict[str, Technique] = {}
 
 # Techniques shipped with dwindle; core names them as strings so it never imports them.
-_BUILTIN_MODULES: tuple[str, ...] = ("dwindle.precision",)
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "dwindle.precision",
+    "dwindle.pruning",
+    "dwindle.quantization",
+    "dwindle.distillation",
+    "dwindle.factorization",
+    "dwindle.sharing",
+)
 _ENTRY_POINT_GROUP = "dwindle.techniques"
 _loaded = False
 
@@ -215,7 +222,12 @@ def ensure_techniques_loaded() -> None:
     if _loaded:
         return
     for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a real missing dependency inside the module: say so
+                raise
+    # (a built-in technique package not present in this version is simply not offered)
     for ep in entry_points(group=_ENTRY_POINT_GROUP):
         ep.load()
     _loaded = True
