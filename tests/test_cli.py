@@ -80,7 +80,7 @@ def test_report_on_non_run_dir(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "metrics.json" in result.output
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--out", str(out)])
