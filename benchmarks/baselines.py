@@ -24,7 +24,7 @@ from _common import ARTIFACTS, RESULTS, write_results
 
 import dwindle as dw
 from dwindle import data as dwdata
-from dwindle.export import save
+from dwindle.export import load_weights, save
 from dwindle.metrics import MeasureConfig, measure
 from dwindle.models import create
 
@@ -119,22 +119,28 @@ COLUMNS = [
 ]
 
 
-def run_job(job: Job, seed: int, epochs_scale: float) -> dict[str, Any]:
+def run_job(job: Job, seed: int, epochs_scale: float, reuse: bool) -> dict[str, Any]:
     data = dwdata.load(job.dataset, seed=seed)
     torch.manual_seed(seed)
     model = create(job.model, num_classes=data.num_classes, **job.model_args)
     train_cfg = dict(job.train, seed=seed)
     train_cfg["epochs"] = max(1, round(train_cfg["epochs"] * epochs_scale))
-    start = time.perf_counter()
-    result = dw.train(model, data, dw.TrainConfig(**train_cfg))
-    seconds = time.perf_counter() - start
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    save(model, ARTIFACTS / f"{job.variant}.safetensors")
+    artifact = ARTIFACTS / f"{job.variant}.safetensors"
+    metrics: dict[str, Any] = {}
+    if reuse and artifact.exists():
+        # Weights this script trained earlier with the same config; measured again here.
+        load_weights(model, artifact)
+        metrics["weights"] = "reused artifact trained earlier by this script"
+    else:
+        start = time.perf_counter()
+        result = dw.train(model, data, dw.TrainConfig(**train_cfg))
+        metrics["train_seconds"] = round(time.perf_counter() - start, 1)
+        metrics["best_val_accuracy"] = max(h["val_accuracy"] for h in result.history)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        save(model, artifact)
     report = measure(model, data, config=MeasureConfig(energy="off", runs=30), name=job.variant)
-    metrics = dict(report.rows[0]["metrics"])
-    metrics["train_seconds"] = round(seconds, 1)
+    metrics = {**report.rows[0]["metrics"], **metrics}
     metrics["epochs"] = train_cfg["epochs"]
-    metrics["best_val_accuracy"] = max(h["val_accuracy"] for h in result.history)
     row: dict[str, Any] = {
         "variant": job.variant,
         "model": job.model,
@@ -153,6 +159,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="for quick checks")
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure existing artifacts instead of retraining"
+    )
     args = parser.parse_args()
     previous = RESULTS / "baselines.json"
     rows: dict[str, dict[str, Any]] = {}
@@ -162,9 +171,13 @@ def main() -> None:
         if args.only and job.variant not in args.only:
             continue
         print(f"== {job.variant}: {job.model} on {job.dataset}", flush=True)
-        rows[job.variant] = run_job(job, args.seed, args.epochs_scale)
+        rows[job.variant] = run_job(job, args.seed, args.epochs_scale, args.reuse)
         m = rows[job.variant]["metrics"]
-        print(f"   test error {m['error_pct']:.2f} %  ({m['train_seconds']} s)", flush=True)
+        print(f"   test error {m['error_pct']:.2f} %", flush=True)
+        write(rows)  # after every job, so an interrupted run keeps what it finished
+
+
+def write(rows: dict[str, dict[str, Any]]) -> None:
     targets = {j.target: {"candidate": j.variant} for j in JOBS if j.target and j.variant in rows}
     notes = [
         "Fashion-MNIST / KMNIST are not on this machine (no network); the IDX loader reads them "
