@@ -161,7 +161,13 @@ def _run_stage(
 
     console.print(f"[bold]stage[/bold] {stage.label}: {stage.technique}")
     out = apply(copy.deepcopy(model), stage.config, ctx)
-    if stage.finetune is not None:
+    if stage.recover is not None:
+        from dwindle.distillation import recover_with_distillation
+
+        assert ctx.baseline is not None
+        teacher = ctx.baseline.eval()  # a finished baseline; eval so its targets are clean
+        recover_with_distillation(out, teacher, data, stage.finetune, stage.recover)
+    elif stage.finetune is not None:
         train(out, data, stage.finetune)
     return out
 
@@ -226,7 +232,8 @@ def run_recipe(
             current = restored
         else:
             _seed_everything(recipe.seed)
-            current = _run_stage(stage, current, ctx, data, console)
+            start = models[stage.source] if stage.source is not None else current
+            current = _run_stage(stage, start, ctx, data, console)
             state.save_model(stage.label, current)
         models[stage.label] = current
 

@@ -8,6 +8,10 @@ baseline: {train: {epochs: 10, lr: 0.1}}
 stages:
   - precision: {dtype: fp16}
     finetune: {epochs: 1, lr: 0.01}     # optional, after the technique
+  - prune: {method: magnitude, ratio: 0.9}
+    from: baseline                      # optional: branch from an earlier stage, not the last
+    finetune: {epochs: 2, lr: 0.01}
+    recover: {distill: {temperature: 4, alpha: 0.9}}   # fine-tune with the baseline as teacher
 measure: {batch_sizes: [1, 32]}
 export: [safetensors, onnx]
 ```
@@ -86,7 +90,17 @@ class Recipe(Config):
     base_dir: str | None = None  # directory relative paths are resolved against
 
     def parsed_stages(self) -> list[Stage]:
-        return [_parse_stage(raw, i) for i, raw in enumerate(self.stages)]
+        stages: list[Stage] = []
+        for i, raw in enumerate(self.stages):
+            stage = _parse_stage(raw, i)
+            known = ["baseline", *(s.label for s in stages)]
+            if stage.source is not None and stage.source not in known:
+                raise ConfigError(
+                    f"recipe.stages[{i}].from: {stage.source!r} is not 'baseline' or the name of "
+                    f"an earlier stage (known: {', '.join(known)})"
+                )
+            stages.append(stage)
+        return stages
 
     def resolve(self, path: str | None) -> str | None:
         """Resolve a relative path against the recipe's directory when the file exists there."""
@@ -99,17 +113,23 @@ class Recipe(Config):
         return path
 
 
-_STAGE_OPTIONS = ("name", "finetune")
+_STAGE_OPTIONS = ("name", "finetune", "from", "recover")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One parsed stage: the technique's config, a display label, optional fine-tuning."""
+    """One parsed stage: the technique's config, a display label, optional fine-tuning.
+
+    ``source``: the stage whose output this one starts from (None: the previous stage).
+    ``recover``: distillation settings; fine-tuning then uses the baseline as teacher.
+    """
 
     technique: str
     config: Config
     label: str
     finetune: TrainConfig | None = None
+    source: str | None = None
+    recover: Config | None = None
 
 
 def _parse_stage(raw: Any, index: int) -> Stage:
@@ -132,7 +152,22 @@ def _parse_stage(raw: Any, index: int) -> Stage:
     if raw.get("finetune") is not None:
         finetune = validate_config(TrainConfig, raw["finetune"], f"{where}.finetune")
     label = str(raw.get("name") or _default_label(name, config, index))
-    return Stage(technique=name, config=config, label=label, finetune=finetune)
+    source = raw.get("from")
+    recover = _parse_recover(raw.get("recover"), f"{where}.recover")
+    return Stage(name, config, label, finetune, None if source is None else str(source), recover)
+
+
+def _parse_recover(raw: Any, where: str) -> Config | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"distill"}:
+        raise ConfigError(
+            f"{where}: expected {{distill: {{...}}}} (recovery by distillation from the "
+            f"baseline), got {raw!r}"
+        )
+    from dwindle.distillation import DistillConfig
+
+    return validate_config(DistillConfig, raw["distill"] or {}, f"{where}.distill")
 
 
 def _default_label(name: str, config: Config, index: int) -> str:

@@ -183,3 +183,50 @@ def test_stage_finetune_runs_trainer(tmp_path: Path) -> None:
     assert not torch.equal(
         next(model.parameters()).float(), next(result.models["baseline"].parameters())
     )
+
+
+def test_stage_from_branches_off_an_earlier_stage(tmp_path: Path) -> None:
+    doc = _recipe(
+        stages=[
+            {"precision": {"dtype": "fp64"}, "name": "a"},
+            {"test-flaky": {}, "name": "b", "from": "baseline"},
+        ]
+    )
+    result = run_recipe(doc, tmp_path / "run")
+    assert next(result.models["a"].parameters()).dtype == torch.float64
+    assert next(result.models["b"].parameters()).dtype == torch.float32
+
+
+def test_stage_from_unknown_stage_is_an_error() -> None:
+    from dwindle.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.from: 'later' is not 'baseline'"):
+        load_recipe(_recipe(stages=[{"precision": {}, "from": "later"}]))
+
+
+def test_recover_with_distillation_fine_tunes_against_the_baseline(tmp_path: Path) -> None:
+    doc = _recipe(
+        stages=[
+            {
+                "precision": {"dtype": "fp32"},
+                "name": "kd",
+                "finetune": {"epochs": 1, "optimizer": "adam", "lr": 0.01, "progress": False},
+                "recover": {"distill": {"temperature": 4.0, "alpha": 0.9}},
+            }
+        ]
+    )
+    result = run_recipe(doc, tmp_path / "run")
+    before = next(result.models["baseline"].parameters())
+    after = next(result.models["kd"].parameters())
+    assert not torch.equal(before, after)
+
+
+def test_recover_needs_distill_key() -> None:
+    from dwindle.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.recover: expected \{distill"):
+        load_recipe(_recipe(stages=[{"precision": {}, "recover": {"labels": {}}}]))
+    with pytest.raises(ConfigError, match=r"recover\.distill\.temperature"):
+        load_recipe(
+            _recipe(stages=[{"precision": {}, "recover": {"distill": {"temperature": -1}}}])
+        )

@@ -418,3 +418,18 @@ def test_bad_inputs_raise_with_message(data: DataBundle) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             train(make_model(), data, TrainConfig(epochs=1, device="cuda", progress=False))
+
+
+def test_mask_buffers_keep_pruned_weights_zero_through_training(data: DataBundle) -> None:
+    model = make_model()
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    mask = (torch.rand_like(first.weight) > 0.7).float()
+    first.register_buffer("weight_mask", mask)
+    with torch.no_grad():
+        first.weight.mul_(mask)
+    cfg = TrainConfig(
+        epochs=2, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, progress=False
+    )
+    train(model, data, cfg)
+    assert torch.all(first.weight[mask == 0] == 0)
+    assert torch.count_nonzero(first.weight[mask == 1]) > 0

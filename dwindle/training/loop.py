@@ -129,6 +129,7 @@ class _Run:
         self.state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, config=cfg)
         self.last_good = snapshot(model)
         self.last_good_epoch = 0
+        self.masks = _masked_params(model)
 
     def run_epoch(self, epoch: int, display: EpochDisplay) -> tuple[float, float, float]:
         """Train one epoch; returns (mean loss, accuracy, lr at the epoch's start)."""
@@ -164,6 +165,7 @@ class _Run:
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             st.optimizer.step()
+            _reapply(self.masks)
             st.scheduler.step()
             st.step, st.batch, st.loss = st.step + 1, b, value
             loss_sum += value * len(y)
@@ -211,6 +213,25 @@ def _improved(value: float, best: float | None, monitor: str) -> bool:
     if best is None:
         return True
     return value > best if monitor == "val_accuracy" else value < best
+
+
+def _masked_params(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(parameter, mask) pairs of the ``<param>_mask`` buffer convention (see dwindle.metrics)."""
+    pairs = []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            mask = getattr(module, f"{name}_mask", None)
+            if isinstance(mask, torch.Tensor) and mask.shape == param.shape:
+                pairs.append((param, mask))
+    return pairs
+
+
+@torch.no_grad()
+def _reapply(pairs: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    # Masked weights must stay zero through fine-tuning, whoever set the mask: without this,
+    # momentum or weight decay would silently regrow a pruned model.
+    for param, mask in pairs:
+        param.mul_(mask.to(param.dtype))
 
 
 def train(
