@@ -26,6 +26,9 @@ def _key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
 
 def count_params(model: nn.Module) -> int:
     """Number of parameter entries, counting shared (tied) tensors once. Buffers excluded."""
+    hook = getattr(model, "dwindle_param_count", None)
+    if callable(hook):  # a wrapped runtime (an onnxruntime session...) counts its own weights
+        return int(hook())
     seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
     total = 0
     for p in model.parameters():
@@ -51,6 +54,9 @@ def _nonzeros(p: torch.Tensor, mask: torch.Tensor | None) -> int:
 
 def count_nonzeros(model: nn.Module) -> int:
     """Non-zero parameter entries; a weight with a ``<name>_mask`` buffer counts ``weight*mask``."""
+    hook = getattr(model, "dwindle_nonzero_count", None)
+    if callable(hook):  # a wrapped runtime (an onnxruntime session...) counts its own weights
+        return int(hook())
     seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
     total = 0
     for module in model.modules():

@@ -30,6 +30,9 @@ def _one_sample(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
 def _flop_counts(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     """Per-module FLOPs keyed by ``named_modules()`` names; ``""`` is the whole model."""
     x = _one_sample(model, example_input)
+    hook = getattr(model, "dwindle_flops", None)
+    if callable(hook) and hook() is not None:  # a wrapped runtime torch cannot see into
+        return {"": int(hook())}
     counter = FlopCounterMode(display=False)
     # keep_buffers: a module that updates state even in eval mode must not be changed by us.
     with eval_mode(model, keep_buffers=True), torch.no_grad(), counter:
