@@ -1,0 +1,229 @@
+"""Filter pruning (Li et al. 2017, L1 norm) on cnn4bn/MNIST and ResNet-20, beside Torch-Pruning.
+
+    python benchmarks/pruning_filters.py                      # both models
+    python benchmarks/pruning_filters.py --only resnet        # one
+
+Baseline, dwindle's ``prune_filters_`` and Torch-Pruning's own ``MetaPruner`` (same importance,
+same ratio, same layers) are measured in one ``dwindle.metrics.compare`` run per model, so the
+latency ratios hold on a noisy machine. Writes benchmarks/results/pruning_filters.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import ARTIFACTS, write_results
+from baselines import JOBS
+from torch import nn
+
+import dwindle as dw
+from dwindle import data as dwdata
+from dwindle.export import load_weights, save
+from dwindle.metrics import MeasureConfig, compare
+from dwindle.models import create
+from dwindle.pruning import FilterPruning, prune_filters_
+
+RESNET_CKPT = Path("/work/shared/models/cifar10-resnet/resnet20-12fca82f.th")
+LI2017 = {
+    "flops_reduction_pct": 27.6,
+    "error_pct": 6.94,
+    "baseline_error_pct": 6.96,
+    "source": "Li et al. 2017, Table 1: ResNet-56-pruned-B on CIFAR-10",
+}
+COLUMNS = [
+    ("acc", "metrics.accuracy"),
+    ("params", "metrics.params"),
+    ("FLOPs", "metrics.flops"),
+    ("FLOPs ratio", "metrics.flops_ratio"),
+    ("params ratio", "metrics.params_ratio"),
+    ("p50 b1 ms", "metrics.latency_ms.b1.p50"),
+    ("p50 b32 ms", "metrics.latency_ms.b32.p50"),
+    ("speed-up b1", "metrics.speedup_b1"),
+    ("speed-up b32", "metrics.speedup_b32"),
+    ("acc change pt", "metrics.accuracy_change_pt"),
+    ("paper FLOPs -%", "paper.flops_reduction_pct"),
+]
+
+
+def torch_pruning_peer(
+    model: nn.Module, example: torch.Tensor, ratio: float, ignored: list[nn.Module]
+) -> nn.Module:
+    """Torch-Pruning's MetaPruner with L1 magnitude importance, one shot, same layers."""
+    import torch_pruning as tp
+
+    peer = copy.deepcopy(model).eval()
+    names = {id(m): n for n, m in model.named_modules()}
+    ignored_peer = [peer.get_submodule(names[id(m)]) for m in ignored]
+    pruner = tp.pruner.MetaPruner(
+        peer,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        ignored_layers=ignored_peer,
+    )
+    pruner.step()
+    return peer
+
+
+def cnn4bn_baseline(data: Any, epochs_scale: float) -> tuple[nn.Module, str]:
+    model = create("cnn4bn", num_classes=10)
+    path = ARTIFACTS / "cnn4bn_mnist.safetensors"
+    if path.exists():  # baselines.py's full-data baseline
+        load_weights(model, path)
+        return model, f"baseline weights from {path.name} (benchmarks/baselines.py)"
+    subset = ARTIFACTS / "cnn4bn_mnist_subset.safetensors"
+    if subset.exists():  # this script's own earlier baseline (same seed and config)
+        load_weights(model, subset)
+        return (
+            model,
+            f"baseline weights from {subset.name} (trained by this script: "
+            "cnn4bn_mnist config, 3 epochs, 12000 images)",
+        )
+    job = next(j for j in JOBS if j.variant == "cnn4bn_mnist")
+    cfg = dict(job.train, seed=0, progress=False)
+    cfg["epochs"] = max(1, round(cfg["epochs"] * epochs_scale))
+    torch.manual_seed(0)
+    dw.train(model, data, dw.TrainConfig(**cfg))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    save(model, subset)  # not baselines.py's full run
+    how = f"baseline trained here: baselines.py's cnn4bn_mnist config, {cfg['epochs']} epochs"
+    return model, f"{how} on {data.size('train')} training images"
+
+
+def run_cnn4bn(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    # A seeded training subset keeps the run to minutes on 2 shared cores; test set is whole.
+    data = dwdata.load("mnist", seed=0, limit=args.train_limit)
+    base, how = cnn4bn_baseline(data, args.baseline_epochs_scale)
+    base.eval()
+    ex = data.example_input(1)
+    tune = dict(epochs=args.finetune_epochs, optimizer="adamw", lr=1e-3, progress=False)
+    ours = prune_filters_(copy.deepcopy(base), FilterPruning(ratio=args.cnn_ratio), data=data)
+    peer = torch_pruning_peer(base, ex, args.cnn_ratio, [base.classifier])
+    for m in (ours, peer):
+        dw.finetune(m, data, **tune)
+        m.eval()
+    cfg = MeasureConfig(batch_sizes=(1, 32), runs=args.runs, threads=1, energy="estimate")
+    report = compare(
+        {"cnn4bn_baseline": base, "cnn4bn_filter_l1": ours, "cnn4bn_torch_pruning": peer},
+        data,
+        baseline="cnn4bn_baseline",
+        config=cfg,
+    )
+    rows = []
+    base_acc = report.metrics("cnn4bn_baseline")["accuracy"]
+    for r in report.rows:
+        m = r["metrics"]
+        m["accuracy_change_pt"] = round(100 * (m["accuracy"] - base_acc), 2)
+        m["ratio"] = 0.0 if r["variant"] == "cnn4bn_baseline" else args.cnn_ratio
+        rows.append({"model": "cnn4bn", "dataset": "mnist", "split": "test", **r})
+    notes = [
+        f"cnn4bn: {how}; pruned models (ours and Torch-Pruning's MetaPruner, L1, ratio "
+        f"{args.cnn_ratio} of every conv's channels, classifier kept) fine-tuned "
+        f"{args.finetune_epochs} epoch(s) with AdamW lr 1e-3.",
+        *report.notes,
+    ]
+    return rows, notes
+
+
+def run_resnet(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    base = create("resnet20", num_classes=10)
+    state = torch.load(RESNET_CKPT, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.get("state_dict", state).items()}
+    missing, unexpected = base.load_state_dict(state, strict=False)
+    # The 2018 checkpoint predates BatchNorm's num_batches_tracked counter; nothing else may lack.
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        raise RuntimeError(f"{RESNET_CKPT} does not fit: {missing=} {unexpected=}")
+    base.eval()
+    ex = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    models: dict[str, nn.Module] = {"resnet20_baseline": base}
+    prune_notes: list[str] = []
+    for ratio in args.resnet_ratios:
+        name = f"resnet20_filter_l1_r{round(100 * ratio)}"
+        pruned = copy.deepcopy(base)
+        prune_filters_(pruned, FilterPruning(ratio=ratio), example_input=ex, notes=prune_notes)
+        models[name] = pruned.eval()
+    # Same layers as ours: the blocks' first convs (residual path and classifier kept).
+    kept = [base.conv1, base.linear] + [
+        b.conv2 for s in (1, 2, 3) for b in getattr(base, f"layer{s}")
+    ]
+    peer_ratio = args.resnet_ratios[0]
+    models[f"resnet20_torch_pruning_r{round(100 * peer_ratio)}"] = torch_pruning_peer(
+        base, ex, peer_ratio, kept
+    )
+    cfg = MeasureConfig(batch_sizes=(1, 32), runs=args.runs, threads=1, energy="estimate")
+    report = compare(models, None, baseline="resnet20_baseline", config=cfg, example_input=ex)
+    rows = []
+    for r in report.rows:
+        r["metrics"]["accuracy"] = None
+        row = {"model": "resnet20", "dataset": "cifar10 (shapes only)", "split": None, **r}
+        if "filter_l1" in r["variant"]:
+            row["paper"] = LI2017
+        rows.append(row)
+    notes = [
+        "resnet20: published checkpoint resnet20-12fca82f.th (Idelbayev); accuracy is NOT "
+        "measured (CIFAR-10 loading is another issue): FLOPs, params and latency on 3x32x32 "
+        "inputs only.",
+        "resnet20: as in Li et al. 2017 for ResNets, only the first conv of each residual block "
+        "is pruned; the residual path is coupled through option-A shortcuts (a channel pad) "
+        "that Torch-Pruning cannot index, so dwindle leaves it whole (notes below) and the "
+        "MetaPruner peer is given the same layers.",
+        *sorted(set(prune_notes)),
+        *report.notes,
+    ]
+    return rows, notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["cnn4bn", "resnet"])
+    parser.add_argument("--cnn-ratio", type=float, default=0.5)
+    parser.add_argument("--resnet-ratios", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--baseline-epochs-scale", type=float, default=0.375)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--train-limit", type=int, default=12000, help="MNIST training subset")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    targets: dict[str, dict[str, str]] = {}
+    start = time.perf_counter()
+    if args.only in (None, "cnn4bn"):
+        r, n = run_cnn4bn(args)
+        rows += r
+        notes += n
+        targets["filter_cnn4bn"] = {
+            "baseline": "cnn4bn_baseline",
+            "candidate": "cnn4bn_filter_l1",
+            "peer": "cnn4bn_torch_pruning",
+        }
+    if args.only in (None, "resnet"):
+        r, n = run_resnet(args)
+        rows += r
+        notes += n
+        pct = round(100 * args.resnet_ratios[0])
+        targets["filter_resnet"] = {
+            "baseline": "resnet20_baseline",
+            "candidate": f"resnet20_filter_l1_r{pct}",
+            "peer": f"resnet20_torch_pruning_r{pct}",
+        }
+    notes.append(f"total wall time {time.perf_counter() - start:.0f} s")
+    out = write_results(
+        "pruning_filters",
+        rows,
+        targets,
+        columns=COLUMNS,
+        notes=notes,
+        extra_packages=("torch-pruning",),
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
