@@ -122,6 +122,13 @@ def format_energy(joules: float | None, source: str | None = None) -> str:
     return f"{text} ({short_source(source) if source else 'source unknown'})"
 
 
+def _energy_source(metrics: Mapping[str, Any]) -> str:
+    if metrics.get("energy_j") is None:
+        return DASH
+    source = metrics.get("energy_source")
+    return short_source(source) if source else "source unknown"
+
+
 def short_source(source: str) -> str:
     """Table-sized energy source: "codecarbon (estimate: load × TDP…)" → "codecarbon, estimate".
 
@@ -305,13 +312,15 @@ def _main_columns(report: Mapping[str, Any], batches: Sequence[str]) -> list[tup
         ("Params", lambda m: format_count(m.get("params"))),
         ("Non-zeros", lambda m: _with_note(format_count(m.get("nonzeros")), nnz(m))),
         ("FLOPs", lambda m: _with_note(format_count(m.get("flops")), eff(m))),
-        ("Size on disk", lambda m: _with_note(format_bytes(m.get("bytes")), m.get("artifact"))),
+        ("Size on disk", lambda m: format_bytes(m.get("bytes"))),
+        ("Artifact format", lambda m: str(m.get("artifact") or DASH)),
     ]
     for b in batches:
         cols.append((f"Latency {b} p50 / p95", lambda m, b=b: _latency_cell(m, b)))
     cols += [
         ("Peak memory", lambda m: format_bytes(m.get("peak_mem_bytes"))),
-        ("Energy / sample", lambda m: format_energy(m.get("energy_j"), m.get("energy_source"))),
+        ("Energy / sample", lambda m: _in_units(m.get("energy_j"), _JOULE_UNITS)),
+        ("Energy source", lambda m: _energy_source(m)),
         ("Compression (bytes)", lambda m: format_ratio(m.get("compression_rate"))),
         ("Params ratio", lambda m: format_ratio(m.get("params_ratio"))),
         ("FLOPs ratio (theory)", lambda m: format_ratio(m.get("flops_ratio"))),
