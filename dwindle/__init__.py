@@ -19,6 +19,29 @@ _LAZY: dict[str, str] = {
     "techniques": "dwindle.config",
     "Precision": "dwindle.precision",
     "cast_": "dwindle.precision",
+    "Prune": "dwindle.pruning",
+    "prune_": "dwindle.pruning",
+    "FilterPruning": "dwindle.pruning",
+    "prune_filters_": "dwindle.pruning",
+    "NeuronPruning": "dwindle.pruning",
+    "prune_neurons_": "dwindle.pruning",
+    "LayerPruning": "dwindle.pruning",
+    "prune_layers_": "dwindle.pruning",
+    "Int8Static": "dwindle.quantization",
+    "Int8Dynamic": "dwindle.quantization",
+    "PTQ": "dwindle.quantization",
+    "QAT": "dwindle.quantization",
+    "qat": "dwindle.quantization",
+    "LowBit": "dwindle.quantization",
+    "quantize_weights_": "dwindle.quantization",
+    "DistillConfig": "dwindle.distillation",
+    "distill": "dwindle.distillation",
+    "Factorize": "dwindle.factorization",
+    "factorize_": "dwindle.factorization",
+    "Share": "dwindle.sharing",
+    "share_": "dwindle.sharing",
+    "Encode": "dwindle.sharing",
+    "encode_": "dwindle.sharing",
     "TrainConfig": "dwindle.training",
     "Callback": "dwindle.training",
     "train": "dwindle.training",
@@ -44,14 +67,30 @@ _SUBMODULES: dict[str, str] = {
     "export": "dwindle.export",
     "report": "dwindle.report",
     "precision": "dwindle.precision",
+    "pruning": "dwindle.pruning",
+    "quantization": "dwindle.quantization",
+    "distillation": "dwindle.distillation",
+    "factorization": "dwindle.factorization",
+    "sharing": "dwindle.sharing",
     "metrics": "dwindle.metrics",
     "training": "dwindle.training",
 }
 
-__all__ = ["__version__", *sorted(_LAZY), *sorted(_SUBMODULES)]
+__all__ = ["__version__", *sorted(_LAZY), "quantize", *sorted(_SUBMODULES)]
+
+
+# names whose defining module spells them differently
+_ALIASES: dict[str, tuple[str, str]] = {
+    "quantize": ("dwindle.quantization.ptq", "quantize"),  # dw.quantize(model, Int8Static())
+}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _ALIASES:
+        module, attr = _ALIASES[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
     if name in _SUBMODULES:
         return importlib.import_module(_SUBMODULES[name])
     if name in _LAZY:
