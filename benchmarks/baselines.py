@@ -80,7 +80,7 @@ JOBS = [
         "cnn4bn",
         "mnist",
         {
-            "epochs": 8,
+            "epochs": 4,
             "batch_size": 128,
             "optimizer": "adamw",
             "lr": 2e-3,
