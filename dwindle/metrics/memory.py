@@ -78,7 +78,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory(model: nn.Module, example_input: torch.Tensor) -> tuple[int, str]:
+def peak_memory(model: nn.Module, example_input: torch.Tensor) -> tuple[int | None, str]:
     """``(bytes, source)``: weights and buffers plus the peak memory one forward pass allocates.
 
     Uses the torch profiler's allocation events; falls back to the RSS change around the
@@ -89,6 +89,10 @@ def peak_memory(model: nn.Module, example_input: torch.Tensor) -> tuple[int, str
             f"example_input must be a tensor batch, e.g. data.example_input(32); "
             f"got {type(example_input).__name__}"
         )
+    if callable(getattr(model, "dwindle_param_count", None)):
+        # A wrapped runtime (onnxruntime...) allocates outside torch: the profiler would see
+        # only the input tensor, so report no number rather than a wrong one.
+        return None, "not measured: inference runs outside torch (wrapped runtime)"
     x = prepare_input(model, example_input)
     weights = state_bytes(model)
     with eval_mode(model, keep_buffers=True), torch.inference_mode():
