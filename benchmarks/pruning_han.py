@@ -9,8 +9,9 @@ fc1 8 % / fc2 9 % / fc3 26 %; LeNet-5 431K → 36K, 0.80 → 0.77 %, kept conv1 
 / fc1 8 % / fc2 19 %.
 
 Method: each layer's Han quality q is set once so that q × std(baseline weights) is the
-magnitude that would keep the layer's target fraction of the baseline weights (our targets are
-a little below the paper's kept fractions, to clear 12× with biases counted); the threshold then
+magnitude that would keep the layer's target fraction of the baseline weights (surviving
+weights grow while retraining, so the measured kept fractions end above these calibration
+targets, and the targets sit below the paper's to clear 12× with biases counted); the threshold then
 rises linearly over the rounds (quality × k/rounds), each round retraining with masks kept,
 L2 and the lr multiplied by ``lr_factor``; a final, longer retraining closes. Writes
 benchmarks/results/pruning_han.{json,md}.
@@ -56,7 +57,7 @@ class Job:
 JOBS = {
     "lenet300": Job(
         "lenet300",
-        keep={"fc1": 0.072, "fc2": 0.11, "fc3": 0.35},
+        keep={"fc1": 0.075, "fc2": 0.09, "fc3": 0.26},
         paper_keep={"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
         paper={
             "error_pct": 1.59,
@@ -66,15 +67,14 @@ JOBS = {
             "source": "Han et al. 2015, Tables 1-2",
         },
         baseline_error_max=1.7,
-        rounds=6,
-        epochs=5,
-        final_epochs=30,
-        lr=0.01,
-        l2=5e-5,
+        rounds=5,
+        epochs=6,
+        final_epochs=20,
+        lr=0.05,
     ),
     "lenet5": Job(
         "lenet5",
-        keep={"conv1": 0.66, "conv2": 0.12, "fc1": 0.07, "fc2": 0.19},
+        keep={"conv1": 0.6, "conv2": 0.1, "fc1": 0.062, "fc2": 0.16},
         paper_keep={"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19},
         paper={
             "error_pct": 0.77,
