@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import contextvars
 import difflib
-import importlib
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from dwindle._plugins import load_plugins
 from dwindle.errors import ConfigError
 
 __all__ = [
@@ -221,15 +220,8 @@ def ensure_techniques_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real missing dependency inside the module: say so
-                raise
-    # (a built-in technique package not present in this version is simply not offered)
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        ep.load()
+    # a built-in technique package not present in this install is simply not offered
+    load_plugins(_BUILTIN_MODULES, _ENTRY_POINT_GROUP, optional=True)
     _loaded = True
 
 

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import inspect
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dwindle._plugins import load_plugins
 from dwindle.data.bundle import DataBundle
 from dwindle.errors import ConfigError
 
@@ -119,10 +118,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        ep.load()
+    load_plugins(_BUILTIN_MODULES, _ENTRY_POINT_GROUP)
     _loaded = True
 
 

@@ -8,15 +8,14 @@ and ``input_shape`` so a model can be made to fit any dataset with
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from torch import nn
 
+from dwindle._plugins import load_plugins
 from dwindle.errors import ModelSpecError
 
 __all__ = ["ModelEntry", "available_models", "create", "get_model", "register_model"]
@@ -66,10 +65,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if _loaded:
         return
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        ep.load()
+    load_plugins(_BUILTIN_MODULES, _ENTRY_POINT_GROUP)
     _loaded = True
 
 
