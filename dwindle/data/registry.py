@@ -56,6 +56,7 @@ _BUILTIN_MODULES = (
     "dwindle.data.mnist1d",
     "dwindle.data.synthetic",
     "dwindle.data.npz",
+    "dwindle.data.cifar",
 )
 _ENTRY_POINT_GROUP = "dwindle.datasets"
 

@@ -198,7 +198,13 @@ def _check_fit(sd: dict[str, torch.Tensor], model: nn.Module, path: Path) -> Non
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     groups = _alias_groups(state)
     present = {groups[k] for k in sd if k in groups}
-    missing = [k for k in state if k not in sd and groups[k] not in present]
+    # BatchNorm's step counter only matters with momentum=None; checkpoints saved before
+    # PyTorch 0.4.1 (e.g. the published CIFAR ResNets) lack it, and the model's own is kept.
+    missing = [
+        k
+        for k in state
+        if k not in sd and groups[k] not in present and not k.endswith("num_batches_tracked")
+    ]
     unexpected = [k for k in sd if k not in state]
     mismatched = [
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(state[k].shape)}"
