@@ -398,7 +398,7 @@ def test_load_bad_arguments(kwargs, message):
 def test_unknown_dataset_suggests_nearest():
     with pytest.raises(ConfigError, match=r"unknown dataset 'mnsit'; did you mean 'mnist'\?"):
         dd.load("mnsit")
-    with pytest.raises(ConfigError, match=r"known datasets: digits, fashion-mnist, idx"):
+    with pytest.raises(ConfigError, match=r"known datasets: cifar10, digits, fashion-mnist, idx"):
         dd.load("imagenet")
     assert dd.dataset_spec("Fashion_MNIST").name == "fashion-mnist"
 
