@@ -104,6 +104,42 @@ def test_bytes_about_a_quarter_and_counts(conv_model, ort_static) -> None:
     assert count_params(ort_static) == count_params(conv_model)
 
 
+def test_u8s8_saturation_detected_by_cpu_flags() -> None:
+    from dwindle.quantization.backends.ort import u8s8_saturates
+
+    assert u8s8_saturates("fpu sse2 avx2 fma", machine="x86_64")
+    assert not u8s8_saturates("fpu avx2 avx512f avx512_vnni", machine="x86_64")
+    assert not u8s8_saturates("fpu avx2 avx_vnni", machine="AMD64")
+    assert not u8s8_saturates("", machine="aarch64")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torchao"])
+def test_reduce_range_avoids_u8s8_saturation(backend: str) -> None:
+    """All-max uint8 inputs times all-max int8 weights overflow VPMADDUBSW's int16 pair sums
+    on x86 without VNNI (64 came out as 32); 7-bit weights keep every pair in range."""
+    from dwindle.quantization.backends.ort import u8s8_saturates
+
+    linear = nn.Linear(64, 4)
+    with torch.no_grad():
+        linear.weight.fill_(1.0)
+        linear.bias.zero_()
+    model = nn.Sequential(linear).eval()
+    x = torch.cat(
+        [torch.ones(1, 64), torch.rand(7, 64, generator=torch.Generator().manual_seed(0))]
+    )
+    with torch.no_grad():
+        ref = model(x)
+        for config in (Int8Static(backend=backend, reduce_range=True), Int8Static(backend=backend)):
+            q = quantize_int8(model, config, calibration=x)
+            assert torch.allclose(q(x), ref, rtol=0.01, atol=0.05), config
+            if u8s8_saturates():  # the default chose the reduced range on this CPU
+                assert "7-bit" in q.scheme
+        full = quantize_int8(model, Int8Static(backend=backend, reduce_range=False), calibration=x)
+        assert "7-bit" not in full.scheme
+        if u8s8_saturates():  # documents the bug the default avoids
+            assert full(x[:1])[0, 0] < 0.75 * ref[0, 0]
+
+
 def test_input_model_untouched(conv_model, digits) -> None:
     before = {k: v.clone() for k, v in conv_model.state_dict().items()}
     conv_model.train()

@@ -44,8 +44,10 @@ class PTQ(TargetedConfig):
     (int8 weights, activations quantized per batch at run time). ``backend``: "onnxruntime" or
     "torchao". ``per_channel``: one weight scale per output channel. ``calibration_samples``:
     how many training inputs a recipe stage calibrates on. ``method``: how onnxruntime turns
-    calibration activations into ranges. Layers matching ``exclude`` (or not ``targets``) stay
-    float.
+    calibration activations into ranges. ``reduce_range`` (static): 7-bit weights (onnxruntime)
+    or activations (torchao) in 8-bit storage, so uint8 x int8 kernels cannot saturate their
+    int16 pair sums; None (the default) turns it on for x86 CPUs without VNNI, where both
+    backends' kernels saturate. Layers matching ``exclude`` (or not ``targets``) stay float.
     """
 
     mode: Literal["static", "dynamic"] = "static"
@@ -53,6 +55,7 @@ class PTQ(TargetedConfig):
     per_channel: bool = True
     calibration_samples: int = Field(256, ge=1, le=100_000)
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    reduce_range: bool | None = None
 
 
 class Int8Static(PTQ):
@@ -168,6 +171,7 @@ def quantize(
                 per_channel=config.per_channel,
                 float_modules=keep_float,
                 method=config.method,
+                reduce_range=config.reduce_range,
                 flops=flops,
             )
         else:
@@ -190,6 +194,7 @@ def quantize(
                 calibration,
                 per_channel=config.per_channel,
                 float_modules=keep_float,
+                reduce_range=config.reduce_range,
                 flops=flops,
             )
         else:

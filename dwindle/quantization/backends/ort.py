@@ -8,6 +8,7 @@ integer kernels (QLinearConv / QGemm / MatMulInteger after the session's QDQ fus
 
 from __future__ import annotations
 
+import platform
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "export_float_onnx",
     "ort_quantize_dynamic",
     "ort_quantize_static",
+    "u8s8_saturates",
 ]
 
 FORMAT = "onnx-int8"
@@ -269,6 +271,27 @@ def _finish(path: Path, scheme: str, flops: int | None) -> OrtModule:
     return OrtModule(proto.SerializeToString(), scheme=scheme, flops=flops)
 
 
+def u8s8_saturates(cpu_flags: str | None = None, machine: str | None = None) -> bool:
+    """Whether onnxruntime's uint8 x int8 kernels can saturate on this CPU.
+
+    On x86-64 without VNNI, MLAS multiplies uint8 activations by int8 weights with VPMADDUBSW,
+    whose pairwise sums saturate at int16; onnxruntime's quantization guide names the remedy:
+    ``reduce_range`` (7-bit weights), so no pair can overflow. VNNI (AVX512-VNNI or AVX-VNNI)
+    and non-x86 CPUs accumulate in int32 and need no reduction. Unknown x86 flags count as
+    saturating, the safe side. ``cpu_flags``/``machine`` override the host's (for tests).
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine not in {"x86_64", "amd64", "x86", "i686", "i386"}:
+        return False
+    if cpu_flags is None:
+        try:
+            cpu_flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = set(cpu_flags.split())
+    return not flags & {"avx512_vnni", "avx_vnni"}
+
+
 def ort_quantize_static(
     model: nn.Module,
     calibration: torch.Tensor,
@@ -276,9 +299,16 @@ def ort_quantize_static(
     per_channel: bool,
     float_modules: Sequence[str] = (),
     method: str = "minmax",
+    reduce_range: bool | None = None,
     flops: int | None = None,
 ) -> OrtModule:
-    """Static int8: uint8 activations (calibrated ranges), int8 symmetric weights, QDQ format."""
+    """Static int8: uint8 activations (calibrated ranges), int8 symmetric weights, QDQ format.
+
+    ``reduce_range``: quantize weights to 7 bits (still stored as int8) so the uint8 x int8
+    kernels cannot saturate; None decides by the CPU (:func:`u8s8_saturates`).
+    """
+    if reduce_range is None:
+        reduce_range = u8s8_saturates()
     quant = require("onnxruntime.quantization", "quant", "static int8 quantization")
     onnx = require("onnx", "quant", "static int8 quantization")
     methods = {
@@ -301,12 +331,13 @@ def ort_quantize_static(
             activation_type=quant.QuantType.QUInt8,
             weight_type=quant.QuantType.QInt8,
             calibrate_method=methods[method],
+            reduce_range=reduce_range,
             nodes_to_exclude=_node_names_for(traced, float_modules),
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
-        return _finish(
-            out, f"static int8 QDQ ({'per-channel' if per_channel else 'per-tensor'})", flops
-        )
+        granularity = "per-channel" if per_channel else "per-tensor"
+        weights = ", 7-bit weights: no u8s8 saturation" if reduce_range else ""
+        return _finish(out, f"static int8 QDQ ({granularity}{weights})", flops)
 
 
 def ort_quantize_dynamic(

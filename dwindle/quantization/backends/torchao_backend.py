@@ -181,10 +181,19 @@ def torchao_quantize_static(
     *,
     per_channel: bool,
     float_modules: Sequence[str] = (),
+    reduce_range: bool | None = None,
     flops: int | None = None,
     batch: int = 32,
 ) -> TorchaoModule:
-    """pt2e static int8 with the X86 Inductor quantizer: uint8 activations, int8 weights."""
+    """pt2e static int8 with the X86 Inductor quantizer: uint8 activations, int8 weights.
+
+    ``reduce_range``: 7-bit activations (torchao's advice for CPUs without VNNI, whose uint8 x
+    int8 kernels saturate int16 pair sums); None decides by the CPU.
+    """
+    from dwindle.quantization.backends.ort import u8s8_saturates
+
+    if reduce_range is None:
+        reduce_range = u8s8_saturates()
     require("torchao", "quant", "int8 quantization with torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -209,7 +218,7 @@ def torchao_quantize_static(
             f"{str(exc).splitlines()[0][:300]}; try backend='onnxruntime'"
         ) from None
     quantizer = X86InductorQuantizer()
-    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     for name in float_modules:
         quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(graph, quantizer)
@@ -219,7 +228,8 @@ def torchao_quantize_static(
     converted = convert_pt2e(prepared)
     _drop_unused_attributes(converted)
     program = _serialise(converted, calibration)
-    return TorchaoModule(program, calibration, scheme="static int8 pt2e x86", flops=flops)
+    scheme = "static int8 pt2e x86" + (", 7-bit activations" if reduce_range else "")
+    return TorchaoModule(program, calibration, scheme=scheme, flops=flops)
 
 
 def torchao_quantize_dynamic(
