@@ -6,8 +6,10 @@
 Per model, one table row per stage (baseline, pruned, clustered, encoded) measured in one run;
 ``bytes`` is the real file each stage would ship (safetensors, the pruning ``sparse`` format,
 then the ``deepc`` container with codebooks, relative indices and fillers). Per-layer densities
-and bits follow the paper (Table 2 / 3). Baselines come from benchmarks/artifacts when present.
-Writes results/deep_compression.{json,md}.
+and bits follow the paper (Table 2 / 3) where the real file allows. Pruning is gradual (Zhu &
+Gupta 2017's AGP ramp per layer) with knowledge distillation from the baseline (Hinton et al.
+2015) during retraining and centroid fine-tuning.
+Baselines come from benchmarks/artifacts when present. Writes results/deep_compression.{json,md}.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import time
 from typing import Any
 
@@ -24,17 +27,20 @@ from baselines import JOBS
 
 import dwindle as dw
 from dwindle import data as dwdata
+from dwindle.distillation import recover_with_distillation
 from dwindle.export import load_weights
 from dwindle.metrics import compare, evaluate_accuracy
 from dwindle.models import create
-from dwindle.pruning import Prune, prune_
+from dwindle.pruning import AGPCallback, Prune, Pruner
+from dwindle.pruning.schedules import AGP
 from dwindle.sharing import ClusteredLayer, Encode, Share, encode_, encode_model, share_
 
 # Han et al. 2016 Table 2 (LeNet-300-100) and Table 3 (LeNet-5): kept weights per layer, bits.
 SETUPS: dict[str, dict[str, Any]] = {
     "lenet300": {
-        # the paper keeps 8 % of fc1; 7.5 % here to fit 40× with our real container bytes
-        "density": {"fc1": 0.075, "fc2": 0.09, "fc3": 0.26},
+        # the paper keeps 8 / 9 / 26 %; here fewer input-layer and more output-layer weights
+        # (as a global magnitude ranking would), to fit 40× with the real container bytes
+        "density": {"fc1": 0.07, "fc2": 0.10, "fc3": 0.5},
         "bits": {"linear": 5},  # the paper: 6; 5 (its LeNet-5 fc setting) to fit 40×
         "index_bits": {"linear": 5},
         "paper": {
@@ -46,11 +52,16 @@ SETUPS: dict[str, dict[str, Any]] = {
             "source": "Han et al. 2016 (Deep Compression), Table 1",
         },
         "target": "deep_compression_lenet300",
-        "retrain_epochs": [3, 5, 12],
+        # gradual (AGP) per-layer pruning over the first 40 % of the epochs, retrained with
+        # knowledge distillation from the baseline; then KD-guided centroid fine-tuning
+        "pruning": {"epochs": 20, "ramp_epochs": 8, "lr": 0.01},
+        "centroid": {"epochs": 8, "lr": 0.002},
     },
     "lenet5": {
-        "density": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19},
-        "bits": {"conv": 8, "linear": 5},
+        # the paper keeps 8 % of fc1 with 8-bit convs; 6.5 % and 6-bit convs here so that the
+        # real container (fp32 codebooks and biases included) reaches 39×
+        "density": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.065, "fc2": 0.19},
+        "bits": {"conv": 6, "linear": 5},
         "index_bits": {"conv": 8, "linear": 5},
         "paper": {
             "error_pct": 0.74,
@@ -61,7 +72,8 @@ SETUPS: dict[str, dict[str, Any]] = {
             "source": "Han et al. 2016 (Deep Compression), Table 1",
         },
         "target": "deep_compression_lenet5",
-        "retrain_epochs": [1, 2, 4],
+        "pruning": {"epochs": 8, "ramp_epochs": 4, "lr": 0.01},
+        "centroid": {"epochs": 4, "lr": 0.002},
     },
 }
 TARGET_ERROR = {"lenet300": 1.7, "lenet5": 0.9}
@@ -84,25 +96,48 @@ def _baseline(name: str, data: Any, epochs_scale: float) -> tuple[torch.nn.Modul
     return model, f"trained here ({cfg['epochs']} epochs of baselines.py's config)"
 
 
-def _prune(
-    model: torch.nn.Module, densities: dict[str, float], data: Any, epochs: list[int]
+def _prune_agp_kd(
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    densities: dict[str, float],
+    data: Any,
+    epochs: int,
+    ramp_epochs: int,
+    lr: float,
 ) -> None:
-    """Iterative per-layer magnitude pruning with retraining (Han et al. 2015's loop): round t
-    of T keeps density**(t/T) of each layer, then retrains with L2 at a cosine-decayed lr."""
-    for round_, round_epochs in enumerate(epochs, start=1):
-        frac = round_ / len(epochs)
-        for layer, density in densities.items():
-            ratio = 1 - density**frac
-            prune_(model, Prune(method="magnitude", ratio=ratio, targets=[layer]), data=data)
-        cfg = dw.TrainConfig(
-            epochs=round_epochs,
-            lr=0.01,
-            momentum=0.9,
-            schedule="cosine",
-            weight_decay=1e-4,
-            progress=False,
+    """Gradual pruning (Zhu & Gupta 2017's cubic AGP ramp, per layer to its Han et al. 2016
+    density, masks recomputed every 100 steps) while retraining with knowledge distillation
+    from the unpruned baseline (Hinton et al. 2015, T=4, α=0.9), cosine lr, L2 1e-4."""
+    cfg = dw.TrainConfig(
+        epochs=epochs, lr=lr, momentum=0.9, schedule="cosine", weight_decay=1e-4, progress=False
+    )
+    steps_per_epoch = math.ceil(data.size("train") / cfg.batch_size)
+    frequency = 100
+    callbacks = [
+        AGPCallback(
+            Pruner(model, Prune(method="magnitude", ratio=1.0 - density, targets=[layer])),
+            AGP(
+                initial=0.0,
+                final=1.0 - density,
+                start=0,
+                frequency=frequency,
+                n=ramp_epochs * steps_per_epoch // frequency,
+            ),
         )
-        dw.train(model, data, cfg)
+        for layer, density in densities.items()
+    ]
+    recover_with_distillation(model, teacher.eval(), data, cfg, callbacks=callbacks)
+
+
+def _finetune_centroids(
+    model: torch.nn.Module, teacher: torch.nn.Module, data: Any, setup: dict[str, Any]
+) -> None:
+    """The codebooks are the only weight parameters left: train them (gradients summed per
+    cluster, Han et al. 2016 section 3.1), with the baseline as teacher."""
+    cfg = dw.TrainConfig(
+        epochs=setup["epochs"], lr=setup["lr"], momentum=0.9, schedule="cosine", progress=False
+    )
+    recover_with_distillation(model, teacher.eval(), data, cfg)
 
 
 def _virtual_nonzeros(model: torch.nn.Module) -> int:
@@ -124,10 +159,16 @@ def run_model(name: str, epochs_scale: float) -> tuple[list[dict[str, Any]], dic
     start = time.perf_counter()
     baseline, origin = _baseline(name, data, epochs_scale)
     pruned = copy.deepcopy(baseline)
-    _prune(pruned, setup["density"], data, setup["retrain_epochs"])
+    how = setup["pruning"]
+    teacher = copy.deepcopy(baseline)
+    _prune_agp_kd(
+        pruned, teacher, setup["density"], data, how["epochs"], how["ramp_epochs"], how["lr"]
+    )
+    pruned.dwindle_format = "sparse"  # as the prune stage does: the masked layers' real file
+    print(f"{name}: pruned, {time.perf_counter() - start:.0f} s", flush=True)
     clustered = share_(copy.deepcopy(pruned), Share(bits=setup["bits"]))
-    # centroid fine-tuning: the codebooks are the only weight parameters left
-    dw.train(clustered, data, dw.TrainConfig(epochs=5, lr=0.002, momentum=0.9, progress=False))
+    _finetune_centroids(clustered, copy.deepcopy(baseline), data, setup["centroid"])
+    print(f"{name}: clustered, {time.perf_counter() - start:.0f} s", flush=True)
     encoded = encode_(copy.deepcopy(clustered), Encode(index_bits=setup["index_bits"]))
     seconds = time.perf_counter() - start
     models = {
@@ -201,6 +242,16 @@ COLUMNS = [
 ]
 
 
+def _method_note(setup: dict[str, Any]) -> str:
+    how, cen = setup["pruning"], setup["centroid"]
+    return (
+        f"pruning: per-layer AGP ramp over {how['ramp_epochs']} of {how['epochs']} epochs "
+        f"(masks every 100 steps, cosine lr from {how['lr']}, L2 1e-4), KD from the baseline "
+        f"(T=4, α=0.9); centroid fine-tuning {cen['epochs']} epochs (cosine lr from "
+        f"{cen['lr']}) with KD"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="*", default=list(SETUPS))
@@ -239,7 +290,7 @@ def main() -> None:
                 f"{x['layer']} {x['density']:.1%} kept, {x['bits_per_kept_weight']} bits/weight"
                 for x in r["metrics"]["layers"]
             )
-            notes.append(f"{r['model']}: {per_layer}")
+            notes.append(f"{r['model']}: {per_layer}; {_method_note(SETUPS[r['model']])}")
         if "baseline_from" in r:
             notes.append(f"{r['model']} baseline: {r['baseline_from']}")
     write_results("deep_compression", rows, targets, columns=COLUMNS, notes=notes)

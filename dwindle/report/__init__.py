@@ -27,11 +27,10 @@ from dwindle.report.table import (
     format_percent,
     format_ratio,
     other_metrics,
-    print_table,
     report_rows,
-    rich_table,
     table_cells,
 )
+from dwindle.report.terminal import print_table, rich_table
 
 __all__ = [
     "accuracy_vs_size_plot",
