@@ -80,11 +80,17 @@ class DataBundle:
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             xb, yb = x[idx], y[idx]
-            if augment and self.augment is not None:
+            augmented = augment and self.augment is not None
+            if augmented:
+                assert self.augment is not None
                 xb = self.augment(xb, gen)
             if dtype is not None:
                 xb = xb.to(dtype)
+            self._on_batch(split, idx, augmented)
             yield xb.to(device), yb.to(device)
+
+    def _on_batch(self, split: str, indices: torch.Tensor, augmented: bool) -> None:
+        """Hook for subclasses that need to know which samples a batch holds."""
 
     def calib(self, n: int = 256, seed: int = 0) -> torch.Tensor:
         """``n`` training inputs chosen at random with ``seed``, for calibration."""

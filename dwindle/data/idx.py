@@ -21,6 +21,7 @@ from dwindle.data.paths import locate
 from dwindle.data.registry import (
     carve_val,
     check_labels,
+    check_num_classes,
     make_bundle,
     register_dataset,
     standardize,
@@ -252,10 +253,7 @@ def _load_idx(
     num_classes: int | None = None,
 ) -> DataBundle:
     """Any dataset in MNIST's four-file IDX layout at ``root``; 10 % validation by default."""
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
-    ):
-        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    check_num_classes(num_classes)
     return _load_idx_dataset(
         "idx",
         root,

@@ -11,6 +11,7 @@ from dwindle.data.bundle import DataBundle
 from dwindle.data.registry import (
     carve_val,
     check_labels,
+    check_num_classes,
     make_bundle,
     register_dataset,
     standardize,
@@ -80,10 +81,7 @@ def _load_npz(
     ``num_classes`` defaults to the largest label + 1.
     """
     assert root is not None  # load() enforces root="required"
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
-    ):
-        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    check_num_classes(num_classes)
     arrays = _read(root)
     has_val = [k for k in _OPTIONAL_KEYS if k in arrays]
     needed = [k for k in REQUIRED_KEYS if k not in arrays]

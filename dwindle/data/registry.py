@@ -310,3 +310,11 @@ def make_bundle(name: str, train: Split, val: Split, test: Split, num_classes: i
     x_val, y_val = tensors(val)
     x_test, y_test = tensors(test)
     return DataBundle(name, x_train, y_train, x_val, y_val, x_test, y_test, num_classes)
+
+
+def check_num_classes(num_classes: int | None) -> None:
+    """Validate a user-given ``num_classes`` option (None means: infer from the labels)."""
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+    ):
+        raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")

@@ -11,7 +11,6 @@ mixes of two training inputs). Synthetic and unlabelled samples carry the label
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,32 +59,9 @@ class TransferSet(DataBundle):
     last_indices: Tensor | None = None
     last_augmented: bool = False
 
-    def batches(
-        self,
-        split: str,
-        batch_size: int = 128,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        augment: bool = False,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        x, y = self.split(split)
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(y), generator=gen) if shuffle else torch.arange(len(y))
-        for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
-            xb, yb = x[idx], y[idx]
-            augmented = augment and self.augment is not None
-            if augmented:
-                assert self.augment is not None
-                xb = self.augment(xb, gen)
-            if dtype is not None:
-                xb = xb.to(dtype)
-            if split == "train":
-                self.last_indices, self.last_augmented = idx, augmented
-            yield xb.to(device), yb.to(device)
+    def _on_batch(self, split: str, indices: Tensor, augmented: bool) -> None:
+        if split == "train":
+            self.last_indices, self.last_augmented = indices, augmented
 
 
 def load_inputs(path: str) -> Tensor:
