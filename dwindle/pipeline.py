@@ -33,7 +33,7 @@ from dwindle.errors import (
 from dwindle.export import atomic_write, atomic_write_bytes, ensure_dir
 from dwindle.recipe import Recipe, Stage, load_recipe
 
-__all__ = ["RunResult", "run_recipe"]
+__all__ = ["RunResult", "build_model_and_data", "run_recipe", "run_stage"]
 
 BASELINE = "baseline"
 
@@ -128,7 +128,8 @@ def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
             old.unlink()
 
 
-def _build(recipe: Recipe) -> tuple[nn.Module, Any]:
+def build_model_and_data(recipe: Recipe) -> tuple[nn.Module, Any]:
+    """The recipe's (untrained, or weight-loaded) model and its dataset."""
     from dwindle import data as data_mod
     from dwindle.models import build_model
 
@@ -154,9 +155,10 @@ def _build(recipe: Recipe) -> tuple[nn.Module, Any]:
     return model, data
 
 
-def _run_stage(
+def run_stage(
     stage: Stage, model: nn.Module, ctx: StageContext, data: Any, console: Console
 ) -> nn.Module:
+    """Apply one stage to a copy of ``model``, then fine-tune (or recover by distillation)."""
     from dwindle.training import train
 
     console.print(f"[bold]stage[/bold] {stage.label}: {stage.technique}")
@@ -201,7 +203,7 @@ def run_recipe(
         state.load()
 
     _seed_everything(recipe.seed)
-    model, data = _build(recipe)
+    model, data = build_model_and_data(recipe)
     baseline = state.load_model(BASELINE)
     if baseline is None:
         if recipe.baseline.train is not None:
@@ -233,7 +235,7 @@ def run_recipe(
         else:
             _seed_everything(recipe.seed)
             start = models[stage.source] if stage.source is not None else current
-            current = _run_stage(stage, start, ctx, data, console)
+            current = run_stage(stage, start, ctx, data, console)
             state.save_model(stage.label, current)
         models[stage.label] = current
 
