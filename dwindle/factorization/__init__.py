@@ -1,4 +1,4 @@
-"""Low-rank factorization: truncated SVD of linear layers, spatial SVD and Tucker-2 of convs,
+"""Low-rank factorization: truncated SVD of linear layers, spatial SVD, Tucker-2 and CP of convs,
 low rank + sparse (W ≈ L + S). The stage is ``factorize``; the primitives are public.
 
 >>> import torch, dwindle as dw
@@ -15,6 +15,7 @@ from dwindle.factorization.conv import (
     tucker2_ranks,
     tucker2_split,
 )
+from dwindle.factorization.cp import cp_decompose, cp_split
 from dwindle.factorization.stage import Factorize, factorize_
 from dwindle.factorization.svd import (
     LowRankPlusSparse,
@@ -32,6 +33,8 @@ __all__ = [
     "SparseResidual",
     "choose_rank",
     "conv_lowrank_sparse_split",
+    "cp_decompose",
+    "cp_split",
     "energy_rank",
     "factorize_",
     "lowrank_sparse_decompose",

@@ -1,4 +1,5 @@
-"""The ``factorize`` stage: one config, one verb, dispatching to SVD / spatial / Tucker-2 / L+S.
+"""The ``factorize`` stage: one config, one verb, dispatching to SVD / spatial / Tucker-2 / CP /
+L+S.
 
 A layer is replaced only where the factorized form holds fewer parameters than the original
 (``r·(m+n) < m·n`` for SVD); otherwise it is left alone and the stage records a note saying so.
@@ -25,6 +26,7 @@ from dwindle.factorization.conv import (
     tucker2_split,
     unfolded_singular_values,
 )
+from dwindle.factorization.cp import cp_cost, cp_rank_for_ratio, cp_split
 from dwindle.factorization.svd import (
     _effective_weight,
     choose_rank,
@@ -36,18 +38,20 @@ from dwindle.targets import select_modules
 
 __all__ = ["Factorize", "factorize_"]
 
-Method = Literal["svd", "spatial", "tucker", "lowrank_sparse"]
+Method = Literal["svd", "spatial", "tucker", "cp", "lowrank_sparse"]
 
 _TYPES: dict[str, tuple[type[nn.Module], ...]] = {
     "svd": (nn.Linear,),
     "spatial": (nn.Conv2d,),
     "tucker": (nn.Conv2d,),
+    "cp": (nn.Conv2d,),
     "lowrank_sparse": (nn.Linear, nn.Conv2d),
 }
 _HINT = {
     "svd": "method 'svd' factorizes nn.Linear; use 'spatial' or 'tucker' for nn.Conv2d",
     "spatial": "method 'spatial' factorizes nn.Conv2d; use 'svd' for nn.Linear",
     "tucker": "method 'tucker' factorizes nn.Conv2d; use 'svd' for nn.Linear",
+    "cp": "method 'cp' factorizes nn.Conv2d; use 'svd' for nn.Linear",
     "lowrank_sparse": "method 'lowrank_sparse' factorizes nn.Linear and nn.Conv2d",
 }
 
@@ -118,6 +122,8 @@ def _fixed_rank_fits(name: str, rank: int | None, limit: int, shape: str) -> Non
 def _plan(name: str, layer: nn.Module, cfg: Factorize) -> tuple[nn.Module | None, str]:
     """The replacement of one layer (None when it would not save) and a description."""
     rules = {"rank": cfg.rank, "energy": cfg.energy, "ratio": cfg.ratio}
+    if cfg.method == "cp":
+        return _plan_cp(layer, cfg)
     if cfg.method == "tucker":
         assert isinstance(layer, nn.Conv2d)
         n, c, kh, kw = layer.weight.shape
@@ -163,6 +169,22 @@ def _plan(name: str, layer: nn.Module, cfg: Factorize) -> tuple[nn.Module | None
     return conv_lowrank_sparse_split(layer, r, extra, cfg.iterations), desc  # type: ignore[arg-type]
 
 
+def _plan_cp(layer: nn.Module, cfg: Factorize) -> tuple[nn.Module | None, str]:
+    assert isinstance(layer, nn.Conv2d)
+    if cfg.energy is not None:
+        raise ConfigError(
+            "factorize: method 'cp' has no singular values to keep a fraction of; give rank "
+            "(e.g. 16) or ratio (e.g. 0.25) instead of energy"
+        )
+    n, c, kh, kw = layer.weight.shape
+    r = cfg.rank if cfg.rank is not None else cp_rank_for_ratio(layer, cfg.ratio or 1.0)
+    full, cost = n * c * kh * kw, cp_cost(layer, r)
+    if cost >= full:
+        return None, f"CP rank {r}: {int(cost)} vs {full} params"
+    chain = cp_split(layer, r, max(cfg.iterations, 25))
+    return chain, f"CP rank {r}: {int(cost)} vs {full} params, kernel error {chain.cp_error:.3f}"
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -195,7 +217,9 @@ def factorize_(
 
 
 @register_technique(
-    "factorize", Factorize, "low-rank factorization: SVD, spatial SVD, Tucker-2, low rank + sparse"
+    "factorize",
+    Factorize,
+    "low-rank factorization: SVD, spatial SVD, Tucker-2, CP, low rank + sparse",
 )
 def _factorize_stage(model: nn.Module, config: Factorize, context: StageContext) -> nn.Module:
     return factorize_(model, config, context)
