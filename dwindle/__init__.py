@@ -74,6 +74,7 @@ _SUBMODULES: dict[str, str] = {
     "sharing": "dwindle.sharing",
     "metrics": "dwindle.metrics",
     "training": "dwindle.training",
+    "search": "dwindle.search",  # callable: dw.search("recipe.yaml") runs a search
 }
 
 __all__ = ["__version__", *sorted(_LAZY), "quantize", *sorted(_SUBMODULES)]

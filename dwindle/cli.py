@@ -1,4 +1,4 @@
-"""The ``dwindle`` command line: demo, run, measure, report, zoo, stages."""
+"""The ``dwindle`` command line: demo, run, measure, search, report, zoo, stages."""
 
 from __future__ import annotations
 
@@ -100,6 +100,10 @@ def measure(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write metrics JSON here.")
     ] = None,
+    strip_prefix: Annotated[
+        str | None, typer.Option(help="Prefix to strip from the checkpoint's keys.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda: where the model runs.")] = "cpu",
 ) -> None:
     """Measure any model: accuracy, size, FLOPs, latency, memory, energy."""
     from dwindle import data as data_mod
@@ -109,12 +113,15 @@ def measure(
     from dwindle.report import print_table
 
     try:
+        from dwindle.training.evaluate import resolve_device
+
+        dev = resolve_device(device)  # before loading anything: a missing GPU fails fast
         bundle = data_mod.load(data, root)
         kwargs = _parse_args(arg or [])
         kwargs.setdefault("num_classes", bundle.num_classes)
         if ".py:" not in model:
             kwargs.setdefault("input_shape", bundle.input_shape)
-        net = build_model(model, weights=weights, **kwargs)
+        net = build_model(model, weights=weights, strip_prefix=strip_prefix, **kwargs).to(dev)
         config = MeasureConfig.from_dict({"energy": energy}, "measure")
         report = measure_model(net, bundle, config=config, name=model).to_dict()
         if json_out is not None:
@@ -144,6 +151,48 @@ def report(
     print_table(doc, console=console)
     for path in files.values():
         console.print(f"  {path}")
+
+
+@app.command()
+def search(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a 'search:' section.")],
+    storage: Annotated[
+        str | None, typer.Option(help="Study database URL; postgresql://... joins a shared study.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped study.")] = False,
+    n_trials: Annotated[int | None, typer.Option(help="Trials to complete in total.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: recipe name).")] = None,
+    report: Annotated[bool, typer.Option(help="Write the report when done.")] = True,
+) -> None:
+    """HPO, NAS or a joint multi-objective compression search (Optuna)."""
+    from dwindle.search import search as run_search
+
+    try:
+        result = run_search(
+            recipe,
+            out,
+            storage=storage,
+            resume=resume,
+            n_trials=n_trials,
+            study_name=study,
+            report=report,
+        )
+    except DwindleError as exc:
+        _fail(exc)
+    summary = result.summary
+    console.print(f"study [bold]{result.study.study_name}[/bold] in {summary.get('storage')}")
+    console.print(f"trials: {summary.get('states', '')}")
+    for note in summary.get("notes", []):
+        console.print(f"• {note}", highlight=False)
+    if "best" in summary:
+        console.print(f"best trial: {summary['best']}", highlight=False)
+    for row in summary.get("front", []):
+        values = {k: row[k] for k in summary["objectives"]}
+        console.print(f"front: trial {row['number']} {values}", highlight=False)
+    for name, path in result.files.items():
+        if name in ("report", "best_recipe", "summary"):
+            console.print(f"  {path}")
 
 
 @app.command()
