@@ -261,7 +261,16 @@ def main() -> None:
         default=0.5,
         help="fraction of baselines.py's epochs when a baseline must be trained",
     )
+    parser.add_argument("--pruning-epochs", type=int, help="override the setup's pruning epochs")
+    parser.add_argument("--ramp-epochs", type=int, help="override the setup's AGP ramp epochs")
+    parser.add_argument("--centroid-epochs", type=int, help="override the centroid epochs")
     args = parser.parse_args()
+    for name in args.only:
+        for key, value in (
+            ("pruning", {"epochs": args.pruning_epochs, "ramp_epochs": args.ramp_epochs}),
+            ("centroid", {"epochs": args.centroid_epochs}),
+        ):
+            SETUPS[name][key].update({k: v for k, v in value.items() if v is not None})
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     targets: dict[str, Any] = {}

@@ -11,6 +11,7 @@ Writes results/sharing_bits.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import copy
 from typing import Any
 
@@ -55,7 +56,8 @@ def _row(variant: str, model: str, metrics: dict[str, Any], **extra: Any) -> dic
     }
 
 
-def clustering_rows(data: Any) -> tuple[list[dict[str, Any]], str]:
+def clustering_rows(data: Any, tune: Any) -> tuple[list[dict[str, Any]], str]:
+    """Cluster at each bit width; fine-tune the centroids on ``tune`` (a training subset)."""
     baseline, origin = _cnn4bn(data)
     rows = [
         _row(
@@ -67,7 +69,7 @@ def clustering_rows(data: Any) -> tuple[list[dict[str, Any]], str]:
     for bits in BITS:
         model = share_(copy.deepcopy(baseline), Share(bits=bits))
         before = evaluate_accuracy(model, data)["accuracy"]
-        dw.train(model, data, dw.TrainConfig(epochs=1, lr=1e-4, optimizer="adam", progress=False))
+        dw.train(model, tune, dw.TrainConfig(epochs=1, lr=1e-4, optimizer="adam", progress=False))
         after = evaluate_accuracy(model, data)["accuracy"]
         rows.append(
             _row(
@@ -127,13 +129,20 @@ def hashing_rows(data: Any, epochs: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--train-limit", type=int, default=12000, help="training images for centroid fine-tuning"
+    )
+    args = parser.parse_args()
     torch.set_num_threads(1)
     data = dwdata.load("mnist")
-    rows, origin = clustering_rows(data)
+    tune = dwdata.load("mnist", limit=args.train_limit)
+    rows, origin = clustering_rows(data, tune)
     rows += hashing_rows(data, epochs=3)
     notes = [
         f"cnn4bn baseline: {origin}; clustering: every conv and linear layer at the same bits, "
-        "linear init; fine-tuning: 1 epoch Adam lr 1e-4 on the centroids",
+        f"linear init; fine-tuning: 1 epoch Adam lr 1e-4 on the centroids over {args.train_limit} "
+        "training images; accuracy on the full 10 000-image test set",
         "HashedNets vs plain: same real parameter count, same training (3 epochs Adam, cosine)",
     ]
     columns = [

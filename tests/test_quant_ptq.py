@@ -271,3 +271,18 @@ def test_recipe_quantize_stage(tmp_path: Path) -> None:
     assert rows["int8"]["accuracy"] >= rows["baseline"]["accuracy"] - 0.03
     assert any("backend onnxruntime" in n and "inference-only" in n for n in metrics["notes"])
     assert (result.out_dir / "artifacts" / "int8.onnx-int8").stat().st_size == rows["int8"]["bytes"]
+
+
+def test_ort_float_serves_the_float_model_with_its_own_artifact(conv_model, digits, tmp_path):
+    from dwindle.quantization.backends import ort_float
+
+    x = digits.example_input(8)
+    served = ort_float(conv_model, x)
+    conv_model.eval()
+    with torch.no_grad():
+        assert torch.allclose(served(x), conv_model(x), atol=1e-4)
+    assert served.dwindle_format == "onnx-ort" and served.scheme == "fp32"
+    assert served.dwindle_param_count() == count_params(conv_model)
+    size, fmt = artifact_bytes(served)
+    assert fmt == "onnx-ort"
+    assert 0.9 * 4 * count_params(conv_model) < size < 2 * 4 * count_params(conv_model)

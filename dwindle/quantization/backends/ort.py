@@ -24,16 +24,20 @@ from dwindle.export import register_format
 from dwindle.export.onnx_io import export_onnx
 
 __all__ = [
+    "FLOAT_FORMAT",
     "FORMAT",
     "OrtModule",
     "compact_onnx",
     "export_float_onnx",
+    "ort_float",
     "ort_quantize_dynamic",
     "ort_quantize_static",
     "u8s8_saturates",
 ]
 
 FORMAT = "onnx-int8"
+FLOAT_FORMAT = "onnx-ort"
+"""Artifact of a float ONNX model served by onnxruntime (:func:`ort_float`): the .onnx file."""
 
 # Inputs of these ops that are quantization parameters, not weights (index -> role).
 _QPARAM_INPUTS: dict[str, tuple[int, ...]] = {
@@ -153,7 +157,8 @@ def _weight_initializers(proto: Any) -> list[np.ndarray]:
 
 
 class OrtModule(nn.Module):
-    """An int8 ONNX model run by onnxruntime on CPU, behind an ``nn.Module`` forward.
+    """An ONNX model (int8, or float from :func:`ort_float`) run by onnxruntime on CPU, behind
+    an ``nn.Module`` forward.
 
     Takes and returns float32 tensors. The session is built on first use with as many
     intra-op threads as torch uses at that moment (rebuilt if that changes), so latency
@@ -197,6 +202,9 @@ class OrtModule(nn.Module):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+            # Idle workers must not spin: on a few shared cores a spinning pool steals the CPU
+            # from the next model timed (torch's own threads), skewing interleaved latencies.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self._session = ort.InferenceSession(
                 self.onnx_bytes, opts, providers=["CPUExecutionProvider"]
@@ -207,7 +215,7 @@ class OrtModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
             raise DwindleError(
-                "this is an int8 onnxruntime model: it runs inference only and cannot be "
+                "this is an onnxruntime model: it runs inference only and cannot be "
                 "trained or fine-tuned. Put the quantize stage last in a recipe (or use QAT), "
                 "and call model.eval() before running it"
             )
@@ -232,6 +240,23 @@ def _save_onnx_int8(model: nn.Module, path: Path) -> None:
 
 
 register_format(FORMAT, _save_onnx_int8)
+register_format(FLOAT_FORMAT, _save_onnx_int8)
+
+
+def ort_float(model: nn.Module, example_input: torch.Tensor) -> OrtModule:
+    """The float model exported to ONNX and served by onnxruntime (graph optimisations on:
+    conv + batch-norm + activation fusion), for timing a deployment runtime beside eager torch.
+
+    Its artifact (format ``"onnx-ort"``) is the compacted ``.onnx`` file.
+    """
+    from dwindle.metrics import count_flops
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_float_onnx(model, example_input, Path(tmp) / "model.onnx")
+        flops = count_flops(model, example_input[:1])
+        out = _finish(path, "fp32", flops)
+    out.dwindle_format = FLOAT_FORMAT
+    return out
 
 
 def _node_names_for(proto: Any, modules: Iterable[str]) -> list[str]:
