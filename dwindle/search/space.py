@@ -93,6 +93,25 @@ class ParamSpec(Config):
             return "categorical"
         return self.type or "float"
 
+    @property
+    def encoded(self) -> bool:
+        """Choices that are lists or mappings (e.g. layer widths) are stored as JSON strings."""
+        return any(isinstance(c, (list, tuple, dict)) for c in self.choices or [])
+
+    def storable_choices(self) -> list[Any]:
+        import json
+
+        return (
+            [json.dumps(c) for c in self.choices or []]
+            if self.encoded
+            else list(self.choices or [])
+        )
+
+    def decode(self, value: Any) -> Any:
+        import json
+
+        return json.loads(value) if self.encoded and isinstance(value, str) else value
+
     def default(self) -> Any:
         """A valid value of this dimension (used to check paths before any trial runs)."""
         if self.choices is not None:
@@ -212,7 +231,7 @@ def distributions(spec: SearchSpec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path, p in spec.space.items():
         if p.kind == "categorical":
-            out[path] = od.CategoricalDistribution(list(p.choices or []))
+            out[path] = od.CategoricalDistribution(p.storable_choices())
         elif p.kind == "int":
             assert p.low is not None and p.high is not None
             out[path] = od.IntDistribution(

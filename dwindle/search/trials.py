@@ -90,9 +90,14 @@ class Evaluator:
         self._baseline: tuple[nn.Module, Any, float] | None = None
 
     # -- recipes ---------------------------------------------------------------------------
+    def decoded(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Trial parameters as recipe values (list-valued choices are stored as JSON)."""
+        space = self.spec.space
+        return {k: space[k].decode(v) if k in space else v for k, v in params.items()}
+
     def recipe_doc(self, params: dict[str, Any]) -> dict[str, Any]:
         """The trial's recipe as a plain dict (what a front member exports)."""
-        return apply_params(self.base, params)
+        return apply_params(self.base, self.decoded(params))
 
     def recipe(self, params: dict[str, Any]) -> Recipe:
         doc = silenced(self.recipe_doc(params))
@@ -103,7 +108,7 @@ class Evaluator:
         out: dict[str, Any] = {}
         for path, p in self.spec.space.items():
             if p.kind == "categorical":
-                out[path] = trial.suggest_categorical(path, list(p.choices or []))
+                out[path] = trial.suggest_categorical(path, p.storable_choices())
             elif p.kind == "int":
                 out[path] = trial.suggest_int(
                     path, int(p.low or 0), int(p.high or 0), step=int(p.step or 1), log=p.log
@@ -148,7 +153,7 @@ class Evaluator:
 
     # -- trials ----------------------------------------------------------------------------
     def __call__(self, trial: Any) -> list[float] | float:
-        params = self.suggest(trial)
+        params = self.decoded(self.suggest(trial))
         try:
             recipe = self.recipe(params)
             if self.spec.kind in ("hpo", "nas"):
