@@ -324,3 +324,37 @@ def test_recipe_stage_prunes_and_reports_sparse_bytes(tmp_path: Path) -> None:
     assert any("NO speed-up" in n for n in result.report["notes"])
     with pytest.raises(ConfigError, match=r"stages\[0\]\.prune.*ratio"):
         run_recipe({**doc, "stages": [{"prune": {"method": "magnitude", "ratio": 2}}]}, tmp_path)
+
+
+def test_retraining_distils_from_the_unpruned_model(data: Any, monkeypatch) -> None:
+    import dwindle.distillation as distillation
+
+    calls: list[float] = []
+    real = distillation.recover_with_distillation
+
+    def spy(model, teacher, *args, **kwargs):
+        first = next(m for m in teacher.modules() if isinstance(m, nn.Linear))
+        calls.append(_density(first))
+        assert not teacher.training
+        return real(model, teacher, *args, **kwargs)
+
+    monkeypatch.setattr(distillation, "recover_with_distillation", spy)
+    cfg = Prune(
+        method="magnitude",
+        ratio=0.8,
+        schedule="iterative",
+        steps=2,
+        finetune=TrainConfig(**QUIET),
+        distill={"temperature": 4, "alpha": 0.9},
+    )
+    model = _mlp()
+    prune_(model, cfg, data=data)
+    assert len(calls) == 2  # one distillation run per round, never plain training
+    assert calls == [1.0, 1.0]  # the teacher is the unpruned model
+    assert _density(model[1]) == pytest.approx(0.2, abs=0.01)
+    with pytest.raises(ConfigError, match="give finetune"):
+        Prune(method="magnitude", ratio=0.5, distill={"temperature": 4})
+    with pytest.raises(ConfigError, match=r"distill\.temprature"):
+        Prune(
+            method="magnitude", ratio=0.5, finetune=TrainConfig(**QUIET), distill={"temprature": 4}
+        )

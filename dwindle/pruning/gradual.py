@@ -87,6 +87,25 @@ def retrain_config(config: Prune, round_index: int) -> TrainConfig:
     return TrainConfig.from_dict({**base.model_dump(), **changes})
 
 
+def retrain(
+    model: nn.Module,
+    data: Any,
+    cfg: TrainConfig,
+    callbacks: list[Callback],
+    config: Prune,
+    teacher: nn.Module | None = None,
+) -> Any:
+    """One retraining run: plain training, or knowledge distillation from ``teacher`` (the
+    model before pruning) when ``config.distill`` is set."""
+    if config.distill is None:
+        return train(model, data, cfg, callbacks=callbacks)
+    from dwindle.distillation import recover_with_distillation
+
+    if teacher is None:
+        raise ConfigError("prune: distill needs the unpruned model as teacher")
+    return recover_with_distillation(model, teacher, data, cfg, config.distill, callbacks=callbacks)
+
+
 def _need_data(data: Any, what: str) -> Any:
     if data is None:
         raise ConfigError(
@@ -97,7 +116,11 @@ def _need_data(data: Any, what: str) -> Any:
 
 
 def run_iterative(
-    model: nn.Module, pruner: Pruner, config: Prune, data: Any
+    model: nn.Module,
+    pruner: Pruner,
+    config: Prune,
+    data: Any,
+    teacher: nn.Module | None = None,
 ) -> list[dict[str, float]]:
     """Han's rounds: prune to the round's target, rescale dropout, retrain with masks kept."""
     data = _need_data(data, "schedule 'iterative'")
@@ -110,7 +133,7 @@ def run_iterative(
         if config.rescale_dropout:
             rescale_dropouts_(model, [n for n, _ in pruner.layers])
         cfg = retrain_config(config, k)
-        result = train(model, data, cfg, callbacks=[MaskCallback()])
+        result = retrain(model, data, cfg, [MaskCallback()], config, teacher)
         apply_masks(model)
         log.append(
             {
@@ -170,7 +193,13 @@ class AGPCallback(Callback):
             self._update(self.schedule.end)
 
 
-def run_agp(model: nn.Module, pruner: Pruner, config: Prune, data: Any) -> AGPCallback:
+def run_agp(
+    model: nn.Module,
+    pruner: Pruner,
+    config: Prune,
+    data: Any,
+    teacher: nn.Module | None = None,
+) -> AGPCallback:
     """Train with ``config.finetune`` while AGP prunes; returns the callback (its history)."""
     data = _need_data(data, "schedule 'agp'")
     assert config.finetune is not None
@@ -179,5 +208,5 @@ def run_agp(model: nn.Module, pruner: Pruner, config: Prune, data: Any) -> AGPCa
         cfg = TrainConfig.from_dict({**cfg.model_dump(), "weight_decay": config.l2})
     steps_per_epoch = math.ceil(data.size("train") / cfg.batch_size)
     callback = AGPCallback(pruner, agp_schedule(config, steps_per_epoch))
-    train(model, data, cfg, callbacks=[callback])
+    retrain(model, data, cfg, [callback], config, teacher)
     return callback

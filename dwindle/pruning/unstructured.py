@@ -10,6 +10,7 @@ schedule of Zhu & Gupta 2017). Everything leaves boolean masks behind (see
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -18,10 +19,11 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dwindle.config import StageContext, TargetedConfig, apply, register_technique
+from dwindle.distillation.distill import DistillConfig
 from dwindle.errors import ConfigError
 from dwindle.pruning.blocks import expand_tile_mask, nm_mask, tile_scores
 from dwindle.pruning.criteria import HanThreshold, Magnitude
-from dwindle.pruning.gradual import retrain_config, run_agp, run_iterative
+from dwindle.pruning.gradual import retrain, retrain_config, run_agp, run_iterative
 from dwindle.pruning.masks import (
     MaskCallback,
     get_mask,
@@ -33,7 +35,7 @@ from dwindle.pruning.masks import (
     threshold_mask,
 )
 from dwindle.targets import matches
-from dwindle.training import TrainConfig, train
+from dwindle.training import TrainConfig
 
 __all__ = ["Prune", "Pruner", "prune_"]
 
@@ -75,7 +77,10 @@ class Prune(TargetedConfig):
     dropout after a pruned layer rescaled to D_o·sqrt(C_ir/C_io); ``agp`` — prune during the
     ``finetune`` run from ``initial_sparsity`` to ``final_sparsity`` between ``start_epoch``
     and ``end_epoch`` (default: 2/3 of the epochs), updating masks every ``frequency`` steps.
-    ``bake`` removes the mask buffers at the end (zeros stay).
+    ``bake`` removes the mask buffers at the end (zeros stay). ``distill`` (e.g.
+    ``{temperature: 4, alpha: 0.9}``, any :class:`~dwindle.distillation.DistillConfig` keys)
+    makes every retraining — iterative rounds, the AGP run, a one-shot ``finetune`` — distil
+    from a frozen copy of the model as it was before this pruning (Hinton et al. 2015).
     """
 
     method: Method = "magnitude"
@@ -97,6 +102,7 @@ class Prune(TargetedConfig):
     finetune: TrainConfig | None = None
     l2: float | None = Field(None, ge=0)
     bake: bool = False
+    distill: DistillConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Prune:
@@ -142,6 +148,11 @@ class Prune(TargetedConfig):
                 raise ValueError("end_epoch must be after start_epoch")
         elif self.method in ("magnitude", "block") and self.ratio is None:
             raise ValueError(f"method {self.method!r} needs ratio in [0, 1) (e.g. ratio: 0.9)")
+        if self.distill is not None and self.finetune is None:
+            raise ValueError(
+                "distill retrains with the unpruned model as teacher: give finetune: "
+                "{epochs: N, lr: ...} too"
+            )
         if self.schedule == "iterative" and self.finetune is None:
             raise ValueError(
                 "schedule 'iterative' retrains between rounds: give finetune: {epochs: N, lr: ...}"
@@ -264,15 +275,16 @@ def _one_shot_amount(config: Prune) -> float:
 
 @register_technique("prune", Prune, "unstructured / block / N:M pruning with masks")
 def _prune_stage(model: nn.Module, config: Prune, context: StageContext) -> nn.Module:
+    teacher = copy.deepcopy(model).eval() if config.distill is not None else None
     pruner = Pruner(model, config)
     if config.schedule == "iterative":
-        log = run_iterative(model, pruner, config, context.data)
+        log = run_iterative(model, pruner, config, context.data, teacher)
         context.note(
             f"prune ({config.method}, iterative): densities per round "
             f"{_sequence([r['density'] for r in log])} at lrs {_sequence([r['lr'] for r in log])}"
         )
     elif config.schedule == "agp":
-        callback = run_agp(model, pruner, config, context.data)
+        callback = run_agp(model, pruner, config, context.data, teacher)
         context.note(
             f"prune ({config.method}, AGP): {len(callback.history)} mask updates, "
             f"final sparsity {callback.history[-1][1]:.3f}"
@@ -282,7 +294,8 @@ def _prune_stage(model: nn.Module, config: Prune, context: StageContext) -> nn.M
         if config.finetune is not None:
             if context.data is None:
                 raise ConfigError("prune: finetune needs data; pass data=... to prune_")
-            train(model, context.data, retrain_config(config, 1), callbacks=[MaskCallback()])
+            cfg = retrain_config(config, 1)
+            retrain(model, context.data, cfg, [MaskCallback()], config, teacher)
     density = pruner.density()
     if config.bake:
         remove_masks(model)
