@@ -306,7 +306,12 @@ def test_untraceable_model_names_the_layer_and_suggests_exclude() -> None:
     net = nn.Sequential(nn.Conv2d(1, 4, 3), _Detach(), nn.Conv2d(4, 4, 3), nn.Flatten())
     with pytest.raises(TracingError, match=r"module '1' \(_Detach\) cuts the autograd.*exclude="):
         prune_filters_(net, FilterPruning(), example_input=IMG)
-    prune_filters_(net, FilterPruning(exclude=("0",)), example_input=IMG)  # the suggested fix
+    # the suggested fix; pruning the last conv would change the output shape, which is refused
+    with pytest.raises(TracingError, match=r"changed its output shape: \(1, 1152\) instead of"):
+        prune_filters_(net, FilterPruning(exclude=("0",)), example_input=IMG)
+    assert net[2].out_channels == 4  # restored after the refused change
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), _Detach(), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1))
+    prune_filters_(net, FilterPruning(exclude=("0", "3")), example_input=IMG)
     assert net[2].out_channels == 2
     boom = nn.Sequential(nn.Conv2d(1, 4, 3), _Boom())
     with pytest.raises(TracingError, match=r"RuntimeError in module '1'.*exclude=\('1',\)"):

@@ -9,6 +9,7 @@ model's time, not the loader's.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from dwindle.data.paths import locate
 from dwindle.data.registry import carve_val, make_bundle, register_dataset
 from dwindle.errors import ConfigError
 
-__all__ = ["CIFAR_MEAN_STD", "crop_flip", "read_cifar_batch"]
+__all__ = ["CIFAR_MEAN_STD", "check_mean_std", "crop_flip", "read_cifar_batch"]
 
 _TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 _TEST = "test_batch.bin"
@@ -51,8 +52,9 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise ConfigError(f"{path}: damaged gzip file ({exc}); download it again") from None
     if not raw or len(raw) % _RECORD:
         raise ConfigError(
-            f"{path}: {len(raw)} bytes is not a whole number of {_RECORD}-byte CIFAR-10 records; "
-            "the file is truncated or not the binary version"
+            f"{path}: {len(raw)} bytes is not a whole number of {_RECORD}-byte CIFAR-10 records "
+            f"(an official batch file holds 10,000 records: {10_000 * _RECORD:,} bytes); the "
+            "file is truncated or not the binary version: download it again"
         )
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _RECORD)
     labels = records[:, 0].astype(np.int64)
@@ -73,15 +75,56 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
     return crops
 
 
+def check_mean_std(
+    mean: Sequence[float] | None, std: Sequence[float] | None, channels: int = 3
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel normalisation constants (defaults: :data:`CIFAR_MEAN_STD`), validated."""
+    out = []
+    for name, given, default in (
+        ("mean", mean, CIFAR_MEAN_STD[0]),
+        ("std", std, CIFAR_MEAN_STD[1]),
+    ):
+        if given is None:
+            out.append(default)
+            continue
+        try:
+            values = tuple(float(v) for v in given)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"normalisation {name} must be a list of {channels} numbers (one per channel, "
+                f"R, G, B), got {given!r}"
+            ) from None
+        if len(values) != channels:
+            raise ConfigError(
+                f"normalisation {name} has {len(values)} value(s) but CIFAR-10 images have "
+                f"{channels} channels (R, G, B); give one per channel, e.g. {name}="
+                f"{list(default)}"
+            )
+        if name == "std" and any(v <= 0 for v in values):
+            raise ConfigError(
+                f"normalisation std must be > 0 for every channel, got {list(values)}"
+            )
+        out.append(values)
+    return out[0], out[1]
+
+
 @register_dataset("cifar10")
 def _load_cifar10(
-    root: Path | None, *, seed: int, val_size: int | float | None, normalize: bool
+    root: Path | None,
+    *,
+    seed: int,
+    val_size: int | float | None,
+    normalize: bool,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> DataBundle:
     """CIFAR-10 (50,000 train / 10,000 test, 3×32×32), default 5,000 held out for validation.
 
-    ``normalize`` uses the per-channel constants in :data:`CIFAR_MEAN_STD`; training batches
-    are augmented (crop + flip) when the trainer asks for augmentation.
+    ``normalize`` subtracts ``mean`` and divides by ``std`` per channel (defaults: the
+    constants in :data:`CIFAR_MEAN_STD`, which the published checkpoints were trained with);
+    training batches are augmented (crop + flip) when the trainer asks for augmentation.
     """
+    mean_std = check_mean_std(mean, std)
     directory = locate(
         "cifar10",
         root,
@@ -97,8 +140,8 @@ def _load_cifar10(
     def scale(x: np.ndarray) -> np.ndarray:
         out = x.astype(np.float32) / np.float32(255.0)
         if normalize:
-            mean, std = (np.asarray(v, np.float32)[None, :, None, None] for v in CIFAR_MEAN_STD)
-            out = (out - mean) / std
+            m, sd = (np.asarray(v, np.float32)[None, :, None, None] for v in mean_std)
+            out = (out - m) / sd
         return out
 
     x_train, y_train, x_val, y_val = carve_val(x_pool, y_pool, val_size, 5000, seed)

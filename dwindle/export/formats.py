@@ -220,18 +220,43 @@ def _check_fit(sd: dict[str, torch.Tensor], model: nn.Module, path: Path) -> Non
         lines.append(f"  unexpected keys (in the checkpoint, not the model): {_listed(unexpected)}")
     if mismatched:
         lines.append(f"  shape mismatches: {_listed(mismatched)}")
-    lines.append(
-        "hint: the checkpoint was saved from a different architecture or size; build the model "
-        "with the same arguments it was trained with (e.g. the same zoo name, width, num_classes)"
-    )
+    prefix = _common_prefix(unexpected, set(state))
+    if prefix:
+        lines.append(
+            f"hint: the checkpoint's keys carry the prefix {prefix!r}; strip it with "
+            f"load_weights(model, path, strip_prefix={prefix!r}) (CLI: --strip-prefix {prefix})"
+        )
+    else:
+        lines.append(
+            "hint: the checkpoint was saved from a different architecture or size; build the "
+            "model with the same arguments it was trained with (e.g. the same zoo name, width, "
+            "num_classes); if its keys carry a wrapper's prefix, pass strip_prefix='<prefix>.' "
+            "(CLI: --strip-prefix)"
+        )
     raise CheckpointError("\n".join(lines))
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def _common_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
+    """A dotted prefix (e.g. ``"model."``) whose removal makes the unexpected keys fit."""
+    if not unexpected:
+        return None
+    for depth in (1, 2):
+        heads = {".".join(k.split(".")[:depth]) + "." for k in unexpected if k.count(".") > depth}
+        if len(heads) == 1:
+            head = heads.pop()
+            if all(k.removeprefix(head) in model_keys for k in unexpected):
+                return head
+    return None
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike[str], *, strip_prefix: str | None = None
+) -> None:
     """Load a safetensors file or a ``torch.save`` state dict into ``model`` in place.
 
     Accepts a plain state dict or one under a ``"state_dict"``/``"model"`` key, strips a
     DataParallel ``"module."`` prefix, ignores non-tensor entries, and never unpickles objects.
+    ``strip_prefix`` removes another prefix the checkpoint's keys carry (e.g. ``"model."``).
     Raises :class:`CheckpointError` naming missing/unexpected keys and shape mismatches.
     """
     p = Path(path)
@@ -247,6 +272,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     else:
         sd = _unwrap(_read_torch(p), p)
     state_keys = set(model.state_dict())
+    if strip_prefix:
+        sd = {k.removeprefix(strip_prefix): v for k, v in sd.items()}
     sd = _strip_prefix(sd, state_keys)
     _check_fit(sd, model, p)
     model.load_state_dict(sd, strict=False)

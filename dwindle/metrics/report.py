@@ -19,6 +19,7 @@ from dwindle.config import Config, validate_config
 from dwindle.data.bundle import DataBundle
 from dwindle.errors import ConfigError
 from dwindle.export.atomic import atomic_write_bytes
+from dwindle.metrics._model import model_device
 from dwindle.metrics.accuracy import evaluate_accuracy
 from dwindle.metrics.counts import count_nonzeros, count_params
 from dwindle.metrics.energy import measure_energy
@@ -140,7 +141,7 @@ def _static_metrics(
     """Everything but latency (measured for all models together) and the ratios."""
     m: dict[str, Any] = {}
     if data is not None and cfg.accuracy:
-        m.update(evaluate_accuracy(model, data, cfg.split))
+        m.update(evaluate_accuracy(model, data, cfg.split, device=model_device(model)))
     one = make_input(1)
     m["params"] = count_params(model)
     m["nonzeros"] = count_nonzeros(model)

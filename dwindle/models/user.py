@@ -136,12 +136,24 @@ def load_model_spec(spec: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-def build_model(spec: str, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """:func:`load_model_spec`, then load ``weights`` (a checkpoint file) into the model."""
+def build_model(
+    spec: str,
+    weights: str | Path | None = None,
+    *,
+    strip_prefix: str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """:func:`load_model_spec`, then load ``weights`` (a checkpoint file) into the model.
+
+    ``strip_prefix``: a prefix the checkpoint's keys carry beyond DataParallel's ``module.``.
+    """
     model = load_model_spec(spec, **kwargs)
     if weights is not None:
         # Imported here: the export package is optional at model-building time.
         from dwindle.export import load_weights
 
-        load_weights(model, weights)
+        if strip_prefix:
+            load_weights(model, weights, strip_prefix=strip_prefix)
+        else:
+            load_weights(model, weights)
     return model

@@ -24,6 +24,7 @@ from torch import nn
 from dwindle._imports import require
 from dwindle.config import StageContext, TargetedConfig, register_technique
 from dwindle.errors import ConfigError, DwindleError
+from dwindle.pruning.verify import guarded
 from dwindle.targets import matches, select_modules
 
 __all__ = [
@@ -55,9 +56,12 @@ class FilterPruning(TargetedConfig):
     ``criterion``: ``l1`` / ``l2`` filter norm (Li et al. 2017) or ``taylor`` (first-order Taylor,
     Molchanov et al. 2019; needs data: ``taylor_batches`` training batches of ``batch_size``).
     Channels coupled by residual adds are ranked together (scores summed over the group).
+    ``kept``: how a fractional channel count rounds: ``"up"`` removes ``floor(ratio·n)``,
+    ``"down"`` keeps ``floor((1 - ratio)·n)`` as Li et al. 2017's ResNet code does.
     """
 
     ratio: float = Field(0.5, ge=0, lt=1)
+    kept: Literal["up", "down"] = "up"
     criterion: Literal["l1", "l2", "taylor"] = "l1"
     taylor_batches: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -217,7 +221,9 @@ def remove_channels(
     Every dependent layer loses the matching channels too (batch norm, the next layers' inputs,
     layers coupled by residual adds, concatenation slices). Pass ``graph`` from
     :func:`trace_channels` to prune several groups without re-tracing. Returns the names of
-    the modules that changed.
+    the modules that changed. With an ``example_input`` the change is checked by a forward pass
+    (same output shapes as before; :class:`TracingError` naming the failing layer otherwise,
+    and the model is restored); drivers that pass ``graph`` check once after all groups.
     """
     modules = dict(model.named_modules())
     if module_name not in modules:
@@ -249,8 +255,13 @@ def remove_channels(
             f"shortcut); pruning them would misalign channels. Exclude {module_name!r}."
         )
     producers, consumers = coupled_modules(graph, group)
-    group.prune(record_history=False)
-    return tuple(dict.fromkeys(graph.dwindle_names.get(m, "?") for m in producers + consumers))
+    names = tuple(dict.fromkeys(graph.dwindle_names.get(m, "?") for m in producers + consumers))
+    if example_input is None:
+        group.prune(record_history=False)
+        return names
+    with guarded(model, example_input, list(names)):
+        group.prune(record_history=False)
+    return names
 
 
 def _taylor_scores(
@@ -311,7 +322,9 @@ def prune_filters_(
 
     Channel groups whose coupled layers are partly excluded, or which pass through an op that
     Torch-Pruning cannot map (an option-A shortcut's channel pad), are left whole; each such
-    decision is appended to ``notes``.
+    decision is appended to ``notes``. The pruned model must run and give the original output
+    shapes on the example input; otherwise :class:`TracingError` names the failing layer and
+    the model is restored unchanged.
     """
     notes = notes if notes is not None else []
     chosen = select_supported(model, config, CONV_TYPES, "filter pruning")
@@ -340,13 +353,17 @@ def prune_filters_(
                 "changes the channel count (e.g. an option-A shortcut pad)"
             )
             continue
-        k = min(int(config.ratio * n), n - 1)
+        if config.kept == "up":
+            k = min(int(config.ratio * n), n - 1)
+        else:
+            k = n - max(1, int(n * (1 - config.ratio)))
         if k == 0:
             continue
         score = sum(scores_of[m] for m in convs)
         plans.append((name, module, torch.argsort(score)[:k].tolist()))
-    for name, _module, idxs in plans:
-        remove_channels(model, name, idxs, graph=graph)
+    with guarded(model, ex, []) as changed:
+        for name, _module, idxs in plans:
+            changed += remove_channels(model, name, idxs, graph=graph)
     return model
 
 

@@ -37,6 +37,7 @@ from dwindle.quantization.lowbit import (
     quantizable_layers,
     set_module,
 )
+from dwindle.quantization.lsq import LSQActivation, LSQWeight
 from dwindle.quantization.packing import PACKED_FORMAT, PackedLayer
 from dwindle.training import Callback, TrainConfig, TrainState, train
 
@@ -166,6 +167,9 @@ class QAT(TargetedConfig):
     layer before it. ``freeze_bn_epoch``/``freeze_observer_epoch``: from that epoch on BN
     uses its running statistics and activation ranges stop moving (Jacob et al. 2018).
     ``train`` is the QAT schedule; ``convert`` returns the packed integer model.
+    ``learned_ranges``: LSQ (Esser et al. 2020): uniform weights and activations get learned
+    step sizes, started at the MSE-optimal range. ``input_bits``: bits of the model input's
+    quantiser (default ``act_bits``; PACT and LSQ keep the image at 8 bits).
     """
 
     weight_bits: int = 8
@@ -182,6 +186,8 @@ class QAT(TargetedConfig):
     train: TrainConfig = TrainConfig(epochs=3, optimizer="adam", lr=1e-4, progress=False)
     convert: bool = True
     on_unsupported: Literal["error", "float"] = "error"
+    learned_ranges: bool = False
+    input_bits: int | None = None
 
     @model_validator(mode="after")
     def _bits_supported(self) -> QAT:
@@ -192,6 +198,16 @@ class QAT(TargetedConfig):
                 f"{self.weight_method!r}; supported bit widths: {', '.join(map(str, allowed))}"
             )
         acts = (1, *UNIFORM_BITS)
+        if self.input_bits is not None and self.input_bits not in UNIFORM_BITS:
+            raise ValueError(
+                f"input_bits={self.input_bits} is not supported; supported bit widths: "
+                f"{', '.join(map(str, UNIFORM_BITS))}, or None for act_bits"
+            )
+        if self.learned_ranges and (self.weight_method != "uniform" or self.act_bits == 1):
+            raise ValueError(
+                "learned_ranges (LSQ) needs uniform weights and activations of 2-8 bits; "
+                "set weight_method='uniform' and act_bits >= 2, or learned_ranges=False"
+            )
         if self.act_bits is not None and self.act_bits not in acts:
             raise ValueError(
                 f"act_bits={self.act_bits} is not supported; supported bit widths: "
@@ -263,16 +279,26 @@ def _swap_layers(gm: fx.GraphModule, config: QAT, context: StageContext | None) 
                 gm.graph.erase_node(users[0])
                 gm.delete_submodule(str(users[0].target))  # it now lives inside the QATLayer
                 folded += 1
-        wq = make_weight_quantizer(
-            config.weight_method,
-            config.weight_bits,
-            config.per_channel,
-            config.weight_observer,
-            config.rounding,
-            config.scaled,
-        )
-        set_module(gm, str(node.target), QATLayer(layer, wq, bn))
+        wq = _weight_quantizer(config)
+        qlayer = QATLayer(layer, wq, bn)
+        if isinstance(wq, LSQWeight):
+            with torch.no_grad():
+                wq.init_from(qlayer.folded()[0])
+        set_module(gm, str(node.target), qlayer)
     return folded
+
+
+def _weight_quantizer(config: QAT) -> WeightQuantizer:
+    if config.learned_ranges:
+        return LSQWeight(config.weight_bits, config.per_channel)
+    return make_weight_quantizer(
+        config.weight_method,
+        config.weight_bits,
+        config.per_channel,
+        config.weight_observer,
+        config.rounding,
+        config.scaled,
+    )
 
 
 def _place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
@@ -288,7 +314,12 @@ def _place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
         if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QATLayer):
             after |= not node.users or not all(_is_act(u, gm) for u in node.users)
         if after:
-            fq = FakeQuantize(bits, symmetric=False, observer=config.act_observer)  # type: ignore[arg-type]
+            b = (config.input_bits or bits) if node.op == "placeholder" else bits
+            fq: FakeQuantize = (
+                LSQActivation(b)  # type: ignore[arg-type]
+                if config.learned_ranges
+                else FakeQuantize(b, symmetric=False, observer=config.act_observer)  # type: ignore[arg-type]
+            )
             _insert_after(gm, node, fq)
 
 

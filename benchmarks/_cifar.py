@@ -1,0 +1,107 @@
+"""Shared plumbing of the CIFAR-10 benchmarks: the published checkpoints, devices and budgets.
+
+The checkpoints are Idelbayev's published ResNet-20/56 (../shared/models/cifar10-resnet/,
+README there), loaded as they come (``module.`` prefix, extra keys) with weights_only=True.
+Every script takes ``--device``: ``cpu`` runs the CPU budget (a few fine-tuning epochs on a
+training subset, documented in each result), ``cuda`` the papers' fine-tuning budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import ARTIFACTS
+from torch import nn
+
+import dwindle as dw
+from dwindle.errors import DwindleError
+from dwindle.export import load_weights, save
+from dwindle.models import create
+from dwindle.training.evaluate import resolve_device
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CHECKPOINTS = {
+    "resnet20": SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th",
+    "resnet56": SHARED / "models" / "cifar10-resnet" / "resnet56-4bfd9763.th",
+}
+PUBLISHED_ACC = {"resnet20": 0.9173, "resnet56": 0.9339}  # the zoo README's published figures
+
+
+def published(name: str) -> nn.Module:
+    """The published checkpoint ``name`` in dwindle's zoo ResNet, eval mode, on CPU."""
+    model = create(name, num_classes=10)
+    load_weights(model, CHECKPOINTS[name])
+    return model.eval()
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu: the CPU budget (few epochs on a subset); cuda: the papers' fine-tuning budget",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for training")
+    parser.add_argument(
+        "--latency-threads",
+        type=int,
+        default=1,
+        help="threads while timing (1: stable on a shared 2-core machine)",
+    )
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` if usable here; otherwise print the reason and exit 2 (no traceback)."""
+    try:
+        return resolve_device(device)
+    except DwindleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def train_config(epochs: int, lr: float, device: str, **kw: Any) -> dw.TrainConfig:
+    """SGD + momentum + cosine, crop/flip augmentation: the CIFAR ResNet fine-tuning recipe."""
+    opts: dict[str, Any] = dict(
+        epochs=epochs,
+        batch_size=128,
+        optimizer="sgd",
+        lr=lr,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="cosine",
+        augment=True,
+        progress=False,
+        device=device,
+        eval_batch_size=500,
+    )
+    opts.update(kw)
+    return dw.TrainConfig(**opts)
+
+
+def cached_train(
+    name: str, model: nn.Module, data: Any, cfg: dw.TrainConfig, log: list[str]
+) -> nn.Module:
+    """Fine-tune ``model`` with ``cfg``, or load the weights an earlier identical run cached.
+
+    The cache key is the name plus the config, so a changed budget never reuses stale weights.
+    """
+    key = f"{name}_{hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:8]}"
+    path = ARTIFACTS / f"cifar_{key}.safetensors"
+    if cfg.epochs == 0:
+        return model.eval()
+    if path.exists():
+        load_weights(model, path)
+        log.append(f"{name}: fine-tuned weights reused from {path.name}")
+        return model.eval()
+    start = time.perf_counter()
+    dw.train(model, data, cfg)
+    model.to("cpu").eval()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    save(model, path)
+    print(f"   {name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+    return model

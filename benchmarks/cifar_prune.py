@@ -1,0 +1,319 @@
+"""Filter pruning of the published CIFAR-10 ResNet-56: Li et al. 2017 pruned-B, and dwindle vs
+Torch-Pruning at >= 2x fewer MACs, each measured in one run beside its baseline.
+
+    python benchmarks/cifar_prune.py --only li2017           # target cifar_li2017_resnet56
+    python benchmarks/cifar_prune.py --only vs_tp            # cifar_vs_torch_pruning_resnet56
+    python benchmarks/cifar_prune.py --device cuda           # the papers' fine-tuning budget
+
+Each part writes its own result file (benchmarks/results/cifar_li2017.json,
+cifar_vs_torch_pruning.json). Fine-tuned weights are cached in benchmarks/artifacts/ so an
+interrupted run resumes. CPU budget: a seeded training subset and one epoch (flags below);
+``--device cuda`` defaults to the papers' budgets (Li et al. 2017: 40 retraining epochs;
+Torch-Pruning's benchmark: 100 epochs) on the whole training split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+from typing import Any
+
+import torch
+from _cifar import add_device_args, cached_train, check_device, published, train_config
+from _common import ARTIFACTS, write_results
+from torch import nn
+
+from dwindle import data as dwdata
+from dwindle.distillation import DistillConfig, recover_with_distillation
+from dwindle.export import load_weights, save
+from dwindle.metrics import MeasureConfig, compare, count_flops
+from dwindle.pruning import FilterPruning, prune_filters_
+
+# Li et al. 2017, §4.2: "ResNet-56-pruned-B skips more layers (16, 18, 20, 34, 38, 54) and
+# prunes layers with p = 60 %, 30 % and 10 % for the first, second and third stage". Layer i
+# counts the convs from the stem (1); block k's first conv is layer 2k + 2, so the skipped
+# layers are these blocks' first convs (indexing as in Liu et al. 2019's l1-norm-pruning code).
+LI2017_SKIP = (
+    "layer1.7.conv1",
+    "layer1.8.conv1",
+    "layer2.0.conv1",
+    "layer2.7.conv1",
+    "layer3.0.conv1",
+    "layer3.8.conv1",
+)
+LI2017_RATIOS = {1: 0.6, 2: 0.3, 3: 0.1}
+LI2017_PAPER = {
+    "flops_reduction_pct": 27.6,
+    "error_pct": 6.94,
+    "baseline_error_pct": 6.96,
+    "retrain_epochs": 40,
+    "source": "Li et al. 2017, Table 1: ResNet-56-pruned-B on CIFAR-10 (FLOPs 9.09e7, -27.6 %)",
+}
+TP_PAPER = {
+    "macs_ratio": 2.12,
+    "accuracy_change_pt": -0.60,
+    "group_accuracy_change_pt": 0.38,
+    "finetune_epochs": 100,
+    "source": "Torch-Pruning benchmarks/readme.md, ResNet-56/CIFAR-10/2.00x: Ours-L1 "
+    "93.53 -> 92.93 % (2.12x); Ours-Group +0.38 pt (2.13x) (Fang et al. 2023, DepGraph)",
+}
+COLUMNS = [
+    ("accuracy", "metrics.accuracy"),
+    ("acc change pt", "metrics.accuracy_change_pt"),
+    ("params", "metrics.params"),
+    ("FLOPs", "metrics.flops"),
+    ("FLOPs ratio", "metrics.flops_ratio"),
+    ("p50 b1 ms", "metrics.latency_ms.b1.p50"),
+    ("p50 b32 ms", "metrics.latency_ms.b32.p50"),
+    ("speed-up b1", "metrics.speedup_b1"),
+    ("speed-up b32", "metrics.speedup_b32"),
+    ("fine-tune", "metrics.finetune"),
+    ("ran on", "metrics.ran_on"),
+]
+EXAMPLE = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def li2017_pruned_b(base: nn.Module, notes: list[str]) -> nn.Module:
+    """ResNet-56-pruned-B: each block's first conv, L1 filter norm, per-stage ratio, skips."""
+    model = copy.deepcopy(base)
+    for stage, ratio in LI2017_RATIOS.items():
+        cfg = FilterPruning(
+            ratio=ratio,
+            kept="down",  # keep int((1 - p) n) filters, as the reference code does
+            criterion="l1",
+            targets=(f"layer{stage}.*.conv1",),
+            exclude=LI2017_SKIP,
+        )
+        prune_filters_(model, cfg, example_input=EXAMPLE, notes=notes)
+    return model.eval()
+
+
+def torch_pruning_peer(base: nn.Module, ratio: float, restricted: bool) -> nn.Module:
+    """Torch-Pruning's own MagnitudePruner (L1), one shot; ``restricted``: block conv1s only."""
+    import torch_pruning as tp
+
+    peer = copy.deepcopy(base).eval()
+    ignored = []
+    if restricted:
+        ignored = [m for n, m in peer.named_modules() if isinstance(m, nn.Conv2d)]
+        ignored = [m for m in ignored if not _is_block_conv1(peer, m)] + [peer.linear]
+    else:
+        ignored = [peer.linear]
+    pruner = tp.pruner.MagnitudePruner(
+        peer,
+        EXAMPLE,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        ignored_layers=ignored,
+    )
+    pruner.step()
+    return peer
+
+
+def _is_block_conv1(model: nn.Module, module: nn.Module) -> bool:
+    names = {m: n for n, m in model.named_modules()}
+    name = names[module]
+    return name.startswith("layer") and name.endswith(".conv1")
+
+
+def _finetune(
+    name: str, model: nn.Module, teacher: nn.Module | None, data: Any, args: Any, log: list[str]
+) -> nn.Module:
+    cfg = train_config(args.epochs, args.lr, args.device)
+    if teacher is None:
+        return cached_train(name, model, data, cfg, log)
+
+    path = ARTIFACTS / f"cifar_{name}_kd_{args.epochs}e_{args.train_limit}_{args.lr}.safetensors"
+    if path.exists():
+        load_weights(model, path)
+        log.append(f"{name}: fine-tuned weights reused from {path.name}")
+        return model.eval()
+    start = time.perf_counter()
+    recover_with_distillation(
+        model, teacher, data, cfg, DistillConfig(loss="kd", temperature=4.0, alpha=0.9)
+    )
+    model.to("cpu").eval()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    save(model, path)
+    print(f"   {name}: distilled in {time.perf_counter() - start:.0f} s", flush=True)
+    return model
+
+
+def _rows(report: Any, finetune: dict[str, str], device: str) -> list[dict[str, Any]]:
+    rows = []
+    base_acc = report.rows[0]["metrics"]["accuracy"]
+    for r in report.rows:
+        m = r["metrics"]
+        m["accuracy_change_pt"] = round(100 * (m["accuracy"] - base_acc), 2)
+        m["finetune"] = finetune.get(r["variant"], "none")
+        m["ran_on"] = device
+        rows.append({"model": "resnet56", "dataset": "cifar10", "split": "test", **r})
+    return rows
+
+
+def _measure(models: dict[str, nn.Module], data: Any, args: Any) -> Any:
+    cfg = MeasureConfig(
+        batch_sizes=(1, 32), runs=args.runs, warmup=5, threads=args.latency_threads, energy="off"
+    )
+    return compare(models, data, baseline="resnet56_baseline", config=cfg, example_input=EXAMPLE)
+
+
+def budget(args: Any) -> str:
+    n = "all" if args.train_limit is None else str(args.train_limit)
+    return f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine, crop+flip"
+
+
+def run_li2017(args: Any, data: Any) -> None:
+    base = published("resnet56")
+    notes: list[str] = []
+    pruned = li2017_pruned_b(base, notes)
+    oneshot = copy.deepcopy(pruned)
+    log: list[str] = []
+    how = "KD from the unpruned checkpoint (T 4, alpha 0.9)" if args.kd else "labels"
+    tuned = _finetune("li2017_b", pruned, base if args.kd else None, data, args, log)
+    models = {
+        "resnet56_baseline": base,
+        "resnet56_li2017_b_oneshot": oneshot,
+        "resnet56_li2017_b": tuned,
+    }
+    report = _measure(models, data, args)
+    rows = _rows(report, {"resnet56_li2017_b": f"{budget(args)}; {how}"}, args.device)
+    for r in rows:
+        if "li2017" in r["variant"]:
+            r["paper"] = LI2017_PAPER
+    widths = [
+        tuned.get_submodule(f"layer{s}.{b}.conv1").out_channels for s in (1, 2, 3) for b in range(9)
+    ]
+    out = write_results(
+        "cifar_li2017",
+        rows,
+        {
+            "cifar_li2017_resnet56": {
+                "baseline": "resnet56_baseline",
+                "candidate": "resnet56_li2017_b",
+            }
+        },
+        columns=COLUMNS,
+        notes=[
+            "Published ResNet-56 (Idelbayev), accuracy on the 10,000 CIFAR-10 test images.",
+            "ResNet-56-pruned-B (Li et al. 2017, §4.2): first conv of each block pruned by L1 "
+            "filter norm, 60/30/10 % per stage keeping int((1-p)n) filters, layers 16, 18, 20, "
+            f"34, 38, 54 skipped; resulting block widths: {widths}.",
+            f"Fine-tuning ({args.device}): {budget(args)}; {how}. Paper: 40 epochs.",
+            *log,
+            *sorted(set(notes)),
+            *report.notes,
+        ],
+        extra_packages=("torch-pruning",),
+    )
+    print(f"wrote {out}")
+
+
+def run_vs_tp(args: Any, data: Any) -> None:
+    base = published("resnet56")
+    notes: list[str] = []
+    # Torch-Pruning unrestricted: step() returns, the forward then fails (option-A pad).
+    broken = torch_pruning_peer(base, 0.5, restricted=False)
+    try:
+        broken(EXAMPLE)
+        notes.append("Torch-Pruning MagnitudePruner unrestricted at 0.5: forward ran")
+    except RuntimeError as exc:
+        notes.append(
+            "Torch-Pruning MagnitudePruner at ratio 0.5 on every conv: step() returns, then the "
+            f"forward fails ({exc}); the peer below is restricted to each block's first conv."
+        )
+    ours = prune_filters_(
+        copy.deepcopy(base),
+        FilterPruning(ratio=args.ratio, kept="down", criterion="l1", targets=("layer*.*.conv1",)),
+        example_input=EXAMPLE,
+        notes=notes,
+    ).eval()
+    peer = torch_pruning_peer(base, args.ratio, restricted=True)
+    f0 = count_flops(base, EXAMPLE)
+    print(
+        f"   FLOPs ratio ours {f0 / count_flops(ours, EXAMPLE):.3f} "
+        f"peer {f0 / count_flops(peer, EXAMPLE):.3f}",
+        flush=True,
+    )
+    log: list[str] = []
+    ours = _finetune(f"vs_tp_ours_r{args.ratio}", ours, None, data, args, log)
+    peer = _finetune(f"vs_tp_peer_r{args.ratio}", peer, None, data, args, log)
+    models = {
+        "resnet56_baseline": base,
+        "resnet56_dwindle_l1": ours,
+        "resnet56_torch_pruning_l1": peer,
+    }
+    report = _measure(models, data, args)
+    tuned = f"{budget(args)}; labels"
+    rows = _rows(
+        report, {"resnet56_dwindle_l1": tuned, "resnet56_torch_pruning_l1": tuned}, args.device
+    )
+    for r in rows:
+        if r["variant"] != "resnet56_baseline":
+            r["paper"] = TP_PAPER
+    out = write_results(
+        "cifar_vs_torch_pruning",
+        rows,
+        {
+            "cifar_vs_torch_pruning_resnet56": {
+                "baseline": "resnet56_baseline",
+                "candidate": "resnet56_dwindle_l1",
+                "peer": "resnet56_torch_pruning_l1",
+            }
+        },
+        columns=COLUMNS,
+        notes=[
+            "Published ResNet-56 (Idelbayev), accuracy on the 10,000 CIFAR-10 test images.",
+            f"Both prune {args.ratio:.0%} of the output channels of every residual block's first "
+            "conv by L1 norm (dwindle: FilterPruning(criterion='l1'); Torch-Pruning 1.6.1: "
+            "MagnitudePruner with MagnitudeImportance(p=1), every other layer ignored), one shot, "
+            f"then the same fine-tuning ({args.device}): {tuned}.",
+            *log,
+            *sorted(set(notes)),
+            *report.notes,
+        ],
+        extra_packages=("torch-pruning",),
+    )
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", default=["li2017", "vs_tp"])
+    parser.add_argument("--ratio", type=float, default=0.51, help="vs_tp: conv1 channel ratio")
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (cpu 1, cuda 40)")
+    parser.add_argument("--train-limit", type=int, help="training subset (cpu 20000, cuda all)")
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument(
+        "--kd",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="li2017: fine-tune with KD from the unpruned model",
+    )
+    parser.add_argument("--runs", type=int, default=30)
+    add_device_args(parser)
+    args = parser.parse_args()
+    check_device(args.device)
+    gpu = args.device.startswith("cuda")
+    if args.epochs is None:
+        args.epochs = 40 if gpu else 1
+    if args.train_limit is None and not gpu:
+        args.train_limit = 20000
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    warnings.filterwarnings("ignore")
+    data = dwdata.load("cifar10", seed=0, limit=args.train_limit)
+    start = time.perf_counter()
+    if "li2017" in args.only:
+        print("== li2017", flush=True)
+        run_li2017(args, data)
+    if "vs_tp" in args.only:
+        print("== vs_tp", flush=True)
+        run_vs_tp(args, data)
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Compressing CIFAR ResNets the messy way real checkpoints come (issue 11), on tiny models.
+
+No test reads the real CIFAR-10 data or the published checkpoints: models are tiny option-A
+ResNets, data tiny synthetic CIFAR-format files.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dwindle import data as dwdata
+from dwindle.errors import CheckpointError, ConfigError
+from dwindle.export import load_weights
+from dwindle.models import create
+from dwindle.pruning import FilterPruning, TracingError, prune_filters_
+from dwindle.pruning.verify import check_forward, output_shapes
+from dwindle.quantization import QAT, convert_qat
+from dwindle.quantization.lsq import LSQActivation, LSQWeight
+from dwindle.quantization.qat import prepare_qat
+
+RGB = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def tiny_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return create("resnet", depth=8, width=8).eval()
+
+
+def test_torch_pruning_broken_model_is_caught_naming_layer_and_fix() -> None:
+    """Torch-Pruning's MagnitudePruner returns a model whose forward fails (option-A pad)."""
+    tp = pytest.importorskip("torch_pruning")
+    model = tiny_resnet()
+    expected = output_shapes(model, RGB)
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        RGB,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=0.5,
+        ignored_layers=[model.linear],
+    )
+    pruner.step()  # returns without error ...
+    with pytest.raises(TracingError, match=r"layer 'linear' fails with RuntimeError.*Fix: exclude"):
+        check_forward(model, RGB, expected, ["conv1"])  # ... but the model no longer runs
+
+
+class _HardCodedWidth(nn.Module):
+    """Its forward reshapes to a constant channel count, a dependency no tracer can follow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.linear = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.linear(x.reshape(x.shape[0], 8, -1).mean(-1))
+
+
+def test_prune_filters_refuses_a_broken_graph_and_restores_the_model() -> None:
+    model = _HardCodedWidth().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TracingError, match=r"no longer runs: layer 'linear' fails.*Fix: exclude"):
+        prune_filters_(model, FilterPruning(ratio=0.5), example_input=RGB)
+    after = model.state_dict()
+    assert model.conv.out_channels == 8 and before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model(RGB).shape == (1, 10)
+
+
+def test_resnet_block_pruning_keeps_shortcuts_and_runs() -> None:
+    model = tiny_resnet()
+    notes: list[str] = []
+    prune_filters_(model, FilterPruning(ratio=0.5), example_input=RGB, notes=notes)
+    assert any("option-A" in n for n in notes)  # residual path left whole, said so
+    assert model.layer1[0].conv1.out_channels == 4 and model.layer1[0].conv2.out_channels == 8
+    assert model(RGB).shape == (1, 10)
+
+
+def test_kept_down_rounds_like_li2017() -> None:
+    # 16 filters at p = 0.6: Li et al.'s code keeps int(0.4 * 16) = 6, "up" keeps 16 - 9 = 7.
+    for kept, n in (("down", 6), ("up", 7)):
+        model = create("resnet", depth=8).eval()
+        cfg = FilterPruning(ratio=0.6, kept=kept, targets=("layer1.*.conv1",))
+        prune_filters_(model, cfg, example_input=RGB)
+        assert model.layer1[0].conv1.out_channels == n
+
+
+def test_lsq_qat_learns_steps_and_converts_exactly() -> None:
+    model = tiny_resnet()
+    cfg = QAT(
+        weight_bits=4, act_bits=4, learned_ranges=True, input_bits=8, exclude=("conv1", "linear")
+    )
+    q = prepare_qat(model, cfg)
+    acts = [m for m in q.modules() if isinstance(m, LSQActivation)]
+    weights = [m for m in q.modules() if isinstance(m, LSQWeight)]
+    assert acts and len(weights) == 6  # every block conv, not the stem or the classifier
+    assert sorted({a.bits for a in acts}) == [4, 8]  # the input image at 8 bits
+    names = {n for n, _ in q.named_parameters()}
+    assert any(n.endswith("weight_quant.step_size") for n in names)
+    q.train()
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    q(x).logsumexp(1).sum().backward()
+    assert all(a.scale.grad is not None and a.scale.grad.abs() > 0 for a in acts)
+    assert all(w.step_size.grad.abs().sum() > 0 for w in weights)
+    q.eval()
+    with torch.no_grad():
+        assert torch.allclose(convert_qat(q)(x), q(x), atol=1e-4)
+
+
+def test_qat_learned_ranges_validation() -> None:
+    with pytest.raises(ValueError, match="learned_ranges \\(LSQ\\) needs uniform weights"):
+        QAT(weight_method="ternary", weight_bits=2, learned_ranges=True)
+    with pytest.raises(ValueError, match="input_bits=9 is not supported"):
+        QAT(input_bits=9)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_checkpoint_with_other_prefix_suggests_strip_prefix(tmp_path: Path) -> None:
+    model = create("resnet20")
+    sd = {f"model.{k}": v for k, v in model.state_dict().items()}
+    path = tmp_path / "wrapped.th"
+    torch.save({"epoch": 3, "state_dict": sd}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(create("resnet20"), path)
+    msg = str(err.value)
+    assert "missing keys (in the model, not in the checkpoint): conv1.weight" in msg
+    assert "unexpected keys (in the checkpoint, not the model): model.conv1.weight" in msg
+    assert "strip_prefix='model.'" in msg and "--strip-prefix model." in msg
+    fresh = create("resnet20")
+    load_weights(fresh, path, strip_prefix="model.")  # the suggested fix
+    assert torch.equal(fresh.linear.weight, model.linear.weight)
+
+
+def test_checkpoint_of_another_model_lists_first_keys(tmp_path: Path) -> None:
+    path = tmp_path / "lenet.pt"
+    torch.save({"state_dict": create("lenet5").state_dict()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(create("resnet20"), path)
+    msg = str(err.value)
+    assert "missing keys (in the model, not in the checkpoint): bn1.weight, bn1.bias" in msg
+    assert "unexpected keys (in the checkpoint, not the model): conv1.bias, conv2.weight" in msg
+    assert "... and 86 more" in msg and "strip_prefix='<prefix>.'" in msg
+
+
+def test_normalisation_with_wrong_channel_count(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"mean has 1 value\(s\) but CIFAR-10 images have 3"):
+        dwdata.load("cifar10", tmp_path, mean=[0.5])
+    with pytest.raises(ConfigError, match=r"std must be > 0"):
+        dwdata.load("cifar10", tmp_path, std=[0.2, 0.0, 0.2])
+
+
+def test_custom_normalisation_is_applied(tmp_path: Path) -> None:
+    from tests.test_cifar import _write_batch
+
+    for i in range(1, 6):
+        _write_batch(tmp_path / f"data_batch_{i}.bin", 8, i, gz=False)
+    _write_batch(tmp_path / "test_batch.bin", 8, 9, gz=False)
+    plain = dwdata.load("cifar10", tmp_path, val_size=4, normalize=False)
+    custom = dwdata.load("cifar10", tmp_path, val_size=4, mean=[0.5] * 3, std=[0.25] * 3)
+    assert torch.allclose(custom.x_test, (plain.x_test - 0.5) / 0.25, atol=1e-5)
+
+
+def test_truncated_batch_names_file_and_expected_size(tmp_path: Path) -> None:
+    from tests.test_cifar import _write_batch
+
+    for i in range(1, 6):
+        _write_batch(tmp_path / f"data_batch_{i}.bin", 4, i, gz=False)
+    _write_batch(tmp_path / "test_batch.bin", 4, 9, gz=False)
+    bad = tmp_path / "data_batch_3.bin"
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(ConfigError, match=r"data_batch_3\.bin: 12192 bytes .*30,730,000 bytes"):
+        dwdata.load("cifar10", tmp_path)
+
+
+def test_cli_device_cuda_without_cuda_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device exists here")
+    from typer.testing import CliRunner
+
+    from dwindle.cli import app
+
+    result = CliRunner().invoke(
+        app, ["measure", "resnet20", "--data", "cifar10", "--device", "cuda"]
+    )
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.output and "Traceback" not in result.output
+
+
+def test_pruned_resnet_exports_to_onnx_and_runs_without_dwindle(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from dwindle.export import export_onnx
+
+    model = tiny_resnet()
+    reference = copy.deepcopy(model)
+    prune_filters_(model, FilterPruning(ratio=0.5, targets=("layer*.*.conv1",)), example_input=RGB)
+    path = export_onnx(model, RGB, tmp_path / "pruned.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: RGB.numpy()})[0]
+    assert out.shape == (1, 10)
+    assert torch.allclose(torch.from_numpy(out), model(RGB).detach(), atol=1e-4)
+    assert reference.layer1[0].conv1.out_channels == 8  # the copy was not touched
