@@ -61,6 +61,30 @@ def packages(names: Sequence[str] = ("torch", "dwindle", "numpy")) -> dict[str, 
     return found
 
 
+LATENCY_COLUMNS: list[tuple[str, str]] = [
+    ("p50 b1 ms", "metrics.latency_ms.b1.p50"),
+    ("speed-up b1", "metrics.speedup_b1"),
+    ("p50 b32 ms", "metrics.latency_ms.b32.p50"),
+    ("speed-up b32", "metrics.speedup_b32"),
+]
+"""Measured latency at batch 1 and 32 with the speed-up over the baseline, for tables."""
+
+
+def flag_slower(rows: list[dict[str, Any]], baseline: str) -> str:
+    """Mark every row measured slower than ``baseline`` despite fewer FLOPs (metrics
+    ``slower_despite_fewer_flops``) and return the note listing them."""
+    slow = []
+    for row in rows:
+        if row["variant"] == baseline:
+            continue
+        m = row["metrics"]
+        m["slower_despite_fewer_flops"] = {
+            f"b{b}": bool(m["flops_ratio"] > 1 and m[f"speedup_b{b}"] < 1) for b in (1, 32)
+        }
+        slow += [f"{row['variant']} ({k})" for k, v in m["slower_despite_fewer_flops"].items() if v]
+    return "slower than the baseline despite fewer FLOPs: " + (", ".join(slow) or "none")
+
+
 def write_results(
     name: str,
     rows: list[dict[str, Any]],

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import write_results
+from _common import LATENCY_COLUMNS, flag_slower, write_results
 
 import dwindle as dw
 from dwindle import data as dwdata
@@ -102,17 +102,9 @@ def main() -> None:
             method = name.split("_")[1]
             m["method"] = method
             m["accuracy_before_finetune"] = before[name]
-            m["slower_despite_fewer_flops"] = {
-                f"b{b}": bool(m["flops_ratio"] > 1 and m[f"speedup_b{b}"] < 1) for b in (1, 32)
-            }
             out["paper"] = {"source": PAPERS[method]}
         rows.append(out)
-    slow = [
-        f"{r['variant']} ({k})"
-        for r in rows
-        for k, v in r["metrics"].get("slower_despite_fewer_flops", {}).items()
-        if v
-    ]
+    slow = flag_slower(rows, "resnet20_baseline")
     notes = [
         f"baseline: the published checkpoint {CHECKPOINT.name} (Idelbayev); accuracy on the "
         "10 000 CIFAR-10 test images",
@@ -120,7 +112,7 @@ def main() -> None:
         "parameters; fine-tuning: "
         f"{args.finetune_epochs} epoch(s) SGD lr 0.01 cosine, crop+flip, on {args.train_limit} "
         "training images",
-        "slower than the baseline despite fewer FLOPs: " + (", ".join(slow) or "none"),
+        slow,
         f"{args.threads} thread(s); total wall time {time.perf_counter() - start:.0f} s",
         *report.notes,
     ]
@@ -132,10 +124,7 @@ def main() -> None:
         ("acc before ft", "metrics.accuracy_before_finetune"),
         ("acc", "metrics.accuracy"),
         ("acc change pt", "metrics.accuracy_change_pt"),
-        ("p50 b1 ms", "metrics.latency_ms.b1.p50"),
-        ("speed-up b1", "metrics.speedup_b1"),
-        ("p50 b32 ms", "metrics.latency_ms.b32.p50"),
-        ("speed-up b32", "metrics.speedup_b32"),
+        *LATENCY_COLUMNS,
         ("paper", "paper.source"),
     ]
     write_results("factorization_conv", rows, {}, columns=columns, notes=notes)

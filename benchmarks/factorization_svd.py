@@ -13,7 +13,7 @@ import copy
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, write_results
+from _common import ARTIFACTS, LATENCY_COLUMNS, flag_slower, write_results
 from baselines import JOBS
 
 import dwindle as dw
@@ -75,9 +75,6 @@ def main() -> None:
             m["rank"] = rank
             m["fc1_param_ratio"] = round(rank * (784 + 300) / base_params, 4)
             m["accuracy_before_finetune"] = before_ft[name]
-            m["slower_despite_fewer_flops"] = {
-                f"b{b}": bool(m["flops_ratio"] > 1 and m[f"speedup_b{b}"] < 1) for b in (1, 32)
-            }
         rows.append(
             {
                 "variant": name,
@@ -87,16 +84,11 @@ def main() -> None:
                 "metrics": m,
             }
         )
-    slow = [
-        f"{r['variant']} ({k})"
-        for r in rows
-        for k, v in r["metrics"].get("slower_despite_fewer_flops", {}).items()
-        if v
-    ]
+    slow = flag_slower(rows, "baseline")
     notes = [
         f"baseline: {origin}; fine-tuning: 1 epoch SGD lr 0.005 (rank 300 not fine-tuned)",
         "fc1 parameter ratio = r·(784+300) / (784·300); FLOPs ratio is for the whole model",
-        "slower than the baseline despite fewer FLOPs: " + (", ".join(slow) or "none"),
+        slow,
         "no paper row: Denton et al. 2014 / Xue et al. 2013 report other models",
     ]
     columns = [
@@ -106,10 +98,7 @@ def main() -> None:
         ("FLOPs ×", "metrics.flops_ratio"),
         ("acc before ft", "metrics.accuracy_before_finetune"),
         ("test error %", "metrics.error_pct"),
-        ("p50 b1 ms", "metrics.latency_ms.b1.p50"),
-        ("speed-up b1", "metrics.speedup_b1"),
-        ("p50 b32 ms", "metrics.latency_ms.b32.p50"),
-        ("speed-up b32", "metrics.speedup_b32"),
+        *LATENCY_COLUMNS,
     ]
     write_results("factorization_svd", rows, {}, columns=columns, notes=notes)
 
