@@ -150,6 +150,7 @@ def build_model_and_data(recipe: Recipe) -> tuple[nn.Module, Any]:
     model = build_model(
         recipe.resolve(recipe.model.spec) or recipe.model.spec,
         weights=recipe.resolve(recipe.model.weights),
+        strip_prefix=recipe.model.strip_prefix,
         **args,
     )
     return model, data

@@ -37,12 +37,17 @@ __all__ = ["BaselineSpec", "DataSpec", "ModelSpec", "Recipe", "Stage", "load_rec
 
 
 class ModelSpec(Config):
-    """Where the model comes from: a zoo name or ``file.py:factory``, plus optional weights."""
+    """Where the model comes from: a zoo name or ``file.py:factory``, plus optional weights.
+
+    ``strip_prefix``: a prefix the checkpoint's keys carry (DataParallel's ``module.`` is
+    stripped without it).
+    """
 
     zoo: str | None = None
     path: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
+    strip_prefix: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
