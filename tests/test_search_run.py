@@ -236,3 +236,30 @@ def test_sensitivity_covers_every_layer_technique_and_setting(tmp_path: Path) ->
     sens.plot(tmp_path / "sens.png")
     assert (tmp_path / "sens.png").stat().st_size > 1000
     assert "**bits**" in sens.to_markdown()
+
+
+def test_search_examples_validate_and_the_cli_runs_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dwindle.cli import app
+    from dwindle.search import load_search_recipe
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "search"
+    kinds = {load_search_recipe(p)[2].kind for p in sorted(root.glob("*.yaml"))}
+    assert kinds == {"hpo", "joint", "autotune", "nas"}
+    res = CliRunner().invoke(
+        app,
+        [
+            "search",
+            str(root / "hpo_digits.yaml"),
+            "--n-trials",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--no-report",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "'complete': " in res.output
+    study = optuna.load_study(study_name="digits-hpo", storage=f"sqlite:///{tmp_path}/study.db")
+    assert len(study.trials) == 2  # readable by plain Optuna (and so by optuna-dashboard)

@@ -135,7 +135,7 @@ def resolve(ev: Any, rows: list[dict[str, Any]], best: dict[str, Any] | None) ->
         doc = _without(start, keep)
         try:
             recipe = _load(doc, ev.base_dir)
-            compressed, _ = ev._compress(recipe)
+            compressed, _ = ev.compress(recipe)
             metrics = measure_objectives(compressed, data, spec)
         except DwindleError as exc:
             steps.append({"kept": keep, "error": str(exc)})

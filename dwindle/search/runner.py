@@ -156,6 +156,8 @@ def search(
         from dwindle.search.finish import finish
 
         finish(result)
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+    result.summary.setdefault("states", {s: states.count(s) for s in sorted(set(states))})
     result.summary.setdefault("storage", mask_url(url))
     return result
 

@@ -159,7 +159,7 @@ class Evaluator:
             if self.spec.kind in ("hpo", "nas"):
                 model, data = self._train(recipe, params, trial)
             else:
-                model, data = self._compress(recipe)
+                model, data = self.compress(recipe)
             metrics = measure_objectives(model, data, self.spec)
         except DwindleError as exc:
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -223,7 +223,8 @@ class Evaluator:
             trial.set_user_attr("over_budget", over)
             raise optuna.TrialPruned(f"over budget: {over}")
 
-    def _compress(self, recipe: Recipe) -> tuple[nn.Module, Any]:
+    def compress(self, recipe: Recipe) -> tuple[nn.Module, Any]:
+        """Apply ``recipe``'s stages to the (cached) baseline; the final model and the data."""
         from dwindle.pipeline import run_stage
         from dwindle.training import finetune
 
