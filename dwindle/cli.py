@@ -196,6 +196,26 @@ def search(
 
 
 @app.command()
+def sensitivity(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (its baseline is scanned).")],
+    out: Annotated[Path, typer.Option(help="Directory for sensitivity.md / .png.")] = Path(
+        "runs/sensitivity"
+    ),
+) -> None:
+    """Per-layer accuracy vs pruning ratio, bit width and rank, with plots."""
+    from dwindle.search import recipe_sensitivity
+
+    try:
+        result, files = recipe_sensitivity(recipe, out)
+    except DwindleError as exc:
+        _fail(exc)
+    console.print(result.to_markdown(), highlight=False)
+    console.print("most sensitive first: " + ", ".join(result.ranking()), highlight=False)
+    for path in files.values():
+        console.print(f"  {path}")
+
+
+@app.command()
 def stages() -> None:
     """List the compression stages a recipe can use."""
     from dwindle.config import techniques

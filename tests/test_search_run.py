@@ -263,3 +263,18 @@ def test_search_examples_validate_and_the_cli_runs_one(tmp_path: Path) -> None:
     assert "'complete': " in res.output
     study = optuna.load_study(study_name="digits-hpo", storage=f"sqlite:///{tmp_path}/study.db")
     assert len(study.trials) == 2  # readable by plain Optuna (and so by optuna-dashboard)
+
+
+def test_cli_sensitivity_writes_tables_and_plots(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dwindle.cli import app
+
+    doc = {k: v for k, v in HPO.items() if k != "search"}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    res = CliRunner().invoke(app, ["sensitivity", str(path), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "most sensitive first: fc" in res.output
+    assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
+    assert "**rank**" in (tmp_path / "s" / "sensitivity.md").read_text()

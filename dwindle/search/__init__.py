@@ -20,7 +20,7 @@ from dwindle.search.report import (
     plot_pareto,
 )
 from dwindle.search.runner import SearchResult, load_search_recipe, search
-from dwindle.search.sensitivity import Sensitivity, layer_sensitivity
+from dwindle.search.sensitivity import Sensitivity, layer_sensitivity, recipe_sensitivity
 from dwindle.search.space import Budget, Constraint, ParamSpec, SearchSpec, apply_params
 from dwindle.search.storage import SearchError, default_url, mask_url, open_storage
 from dwindle.search.study import build_pruner, build_sampler, open_study, run_worker
@@ -52,6 +52,7 @@ __all__ = [
     "plot_importances",
     "plot_pareto",
     "postgres_unavailable_reason",
+    "recipe_sensitivity",
     "run_worker",
     "search",
     "seed_from_sensitivity",

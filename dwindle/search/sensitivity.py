@@ -18,7 +18,7 @@ from torch import nn
 
 from dwindle.errors import ConfigError
 
-__all__ = ["Sensitivity", "layer_sensitivity"]
+__all__ = ["Sensitivity", "layer_sensitivity", "recipe_sensitivity"]
 
 TECHNIQUES = ("prune", "bits", "rank")
 
@@ -194,3 +194,42 @@ def layer_sensitivity(
         return result
     finally:
         model.train(was_training)
+
+
+def recipe_sensitivity(
+    recipe: str | Path | dict[str, Any], out_dir: str | Path, **options: Any
+) -> tuple[Sensitivity, dict[str, Path]]:
+    """Sensitivity of a recipe's baseline (trained as the recipe says, or its given weights).
+
+    Writes ``sensitivity.md`` (tables) and ``sensitivity.png`` (plots) to ``out_dir``; a
+    ``search:`` section in the recipe is ignored.
+    """
+    import yaml
+
+    from dwindle.export import atomic_write_bytes, ensure_dir
+    from dwindle.pipeline import build_model_and_data
+    from dwindle.recipe import load_recipe
+    from dwindle.training import train
+
+    if not isinstance(recipe, dict):
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {str(path)!r} does not exist")
+        doc = yaml.safe_load(path.read_text())
+        doc["base_dir"] = str(path.resolve().parent)
+    else:
+        doc = dict(recipe)
+    doc.pop("search", None)
+    loaded = load_recipe(doc)
+    torch.manual_seed(loaded.seed)
+    model, data = build_model_and_data(loaded)
+    if loaded.baseline.train is not None:
+        train(model, data, loaded.baseline.train)
+    result = layer_sensitivity(model, data, **options)
+    out = ensure_dir(out_dir)
+    files = {"plot": out / "sensitivity.png"}
+    result.plot(files["plot"])
+    text = f"# Sensitivity: {loaded.name}\n\n![sensitivity](sensitivity.png)\n\n"
+    text += result.to_markdown() + "\nMost sensitive first: " + ", ".join(result.ranking())
+    files["report"] = atomic_write_bytes(out / "sensitivity.md", (text + "\n").encode())
+    return result, files
