@@ -278,3 +278,35 @@ def test_cli_sensitivity_writes_tables_and_plots(tmp_path: Path) -> None:
     assert "most sensitive first: fc" in res.output
     assert (tmp_path / "s" / "sensitivity.png").stat().st_size > 1000
     assert "**rank**" in (tmp_path / "s" / "sensitivity.md").read_text()
+
+
+def test_nas_over_cnn_widths_and_kernel_sizes(tmp_path: Path) -> None:
+    doc = {
+        "name": "tiny-cnn-nas",
+        "model": {"zoo": "cnn4bn", "args": {"widths": [4, 4, 8, 8]}},
+        "data": DATA,
+        "baseline": {"train": {"epochs": 1, "optimizer": "adam", "lr": 0.01}},
+        "search": {
+            "kind": "nas",
+            "n_trials": 3,
+            "sampler": "random",
+            "retrain": False,
+            "objectives": ["accuracy", "params"],
+            "space": {
+                "model.args.kernel_size": {"choices": [1, 3, 5]},
+                "model.args.widths.3": {"low": 4, "high": 16, "step": 4},
+            },
+        },
+    }
+    result = search(doc, tmp_path)
+    for t in result.study.get_trials():
+        assert t.state.name == "COMPLETE"
+        k, w = t.params["model.args.kernel_size"], t.params["model.args.widths.3"]
+        model = dw.zoo.create(
+            "cnn4bn",
+            input_shape=(1, 8, 8),
+            num_classes=10,
+            **result.recipe(t.number)["model"]["args"],
+        )
+        assert model.features.conv1.kernel_size == (k, k) and model.features.conv4.out_channels == w
+        assert t.user_attrs["metrics"]["params"] == sum(p.numel() for p in model.parameters())

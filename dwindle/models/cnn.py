@@ -28,12 +28,15 @@ class CNN4BN(nn.Module):
         num_classes: int,
         widths: Sequence[int] = (32, 32, 64, 64),
         dropout: float = 0.0,
+        kernel_size: int = 3,
     ) -> None:
         super().__init__()
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         prev = in_channels
         for i, width in enumerate(widths, start=1):
-            layers[f"conv{i}"] = nn.Conv2d(prev, width, 3, padding=1, bias=False)
+            layers[f"conv{i}"] = nn.Conv2d(
+                prev, width, kernel_size, padding=kernel_size // 2, bias=False
+            )
             layers[f"bn{i}"] = nn.BatchNorm2d(width)
             layers[f"relu{i}"] = nn.ReLU()
             if i % 2 == 0:
@@ -71,13 +74,21 @@ def cnn4bn(
     in_channels: int | None = None,
     widths: Sequence[int] = (32, 32, 64, 64),
     dropout: float = 0.0,
+    kernel_size: int = 3,
 ) -> CNN4BN:
-    """CNN4BN for ``(C, H, W)`` images of at least 4×4 (two 2× max-pools)."""
+    """CNN4BN for ``(C, H, W)`` images of at least 4×4 (two 2× max-pools).
+
+    ``kernel_size``: odd side of every conv kernel (3 by default; a NAS dimension).
+    """
     check_positive("cnn4bn", "num_classes", num_classes)
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ModelSpecError(
+            f"cnn4bn: kernel_size must be an odd positive int (got {kernel_size!r})"
+        )
     c, h, w = resolve_input_shape("cnn4bn", input_shape, in_channels, (1, 28, 28), ndim=3)
     if h < 4 or w < 4:
         raise ModelSpecError(f"cnn4bn: input {h}×{w} is too small; it needs at least 4×4")
-    return CNN4BN(c, num_classes, _widths(widths), check_dropout("cnn4bn", dropout))
+    return CNN4BN(c, num_classes, _widths(widths), check_dropout("cnn4bn", dropout), kernel_size)
 
 
 class CNN1D(nn.Module):
