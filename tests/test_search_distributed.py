@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +109,33 @@ def test_resume_after_the_only_worker_was_killed_loses_no_trial(tmp_path: Path) 
     assert second.returncode == 0, out
     stats = _check(url, "resume", 4)
     assert stats["retried"] == 1
+
+
+def test_resume_reruns_a_trial_interrupted_by_ctrl_c(tmp_path: Path) -> None:
+    from dwindle.search import SearchSpec, build_pruner, build_sampler, open_storage, open_study
+    from dwindle.search.study import requeue_interrupted, run_worker
+
+    spec = SearchSpec(space={"x": {"low": 0.0, "high": 1.0}}, n_trials=3)
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat=1)
+    study = open_study(
+        spec, storage, "s", sampler=build_sampler("random", 0), pruner=build_pruner("none")
+    )
+
+    def stop_at_second(trial: Any) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if trial.number == 1:
+            raise KeyboardInterrupt
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, stop_at_second, 3)
+    interrupted = study.trials[1]
+    assert interrupted.state.name == "FAIL" and interrupted.user_attrs["interrupted"]
+    assert requeue_interrupted(study) == [1]
+    assert requeue_interrupted(study) == []  # queued once only
+    run_worker(study, lambda t: t.suggest_float("x", 0.0, 1.0), 3)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    assert any(
+        t.params == interrupted.params and t.user_attrs.get("retry_of") == 1 for t in complete
+    )

@@ -22,7 +22,13 @@ from dwindle.export import ensure_dir
 from dwindle.recipe import load_recipe
 from dwindle.search.space import SearchSpec, apply_params
 from dwindle.search.storage import SearchError, default_url, mask_url, open_storage
-from dwindle.search.study import build_pruner, build_sampler, open_study, run_worker
+from dwindle.search.study import (
+    build_pruner,
+    build_sampler,
+    open_study,
+    requeue_interrupted,
+    run_worker,
+)
 from dwindle.search.trials import Evaluator
 
 __all__ = ["SearchResult", "load_search_recipe", "search"]
@@ -148,7 +154,9 @@ def search(
     study = open_study(spec, store, name, sampler=sampler, pruner=pruner, must_exist=must_exist)
     study.set_user_attr("objectives", spec.objectives)
     study.set_user_attr("kind", spec.kind)
-    if not resume and not study.get_trials(deepcopy=False):
+    if resume:
+        requeue_interrupted(study)
+    elif not study.get_trials(deepcopy=False):
         _seed_trials(study, spec, evaluator)
     run_worker(study, evaluator, spec.n_trials, poll=min(1.0, spec.heartbeat / 2))
     result = SearchResult(out_dir=out, study=study, spec=spec, evaluator=evaluator)

@@ -20,7 +20,14 @@ from dwindle._imports import require
 from dwindle.search.space import SearchSpec
 from dwindle.search.storage import SearchError
 
-__all__ = ["TrialFailed", "build_pruner", "build_sampler", "open_study", "run_worker"]
+__all__ = [
+    "TrialFailed",
+    "build_pruner",
+    "build_sampler",
+    "open_study",
+    "requeue_interrupted",
+    "run_worker",
+]
 
 
 class _Surplus(Exception):
@@ -112,12 +119,33 @@ def open_study(
     return study
 
 
+def _retried(trials: Sequence[Any]) -> set[int]:
+    """Numbers of failed trials that were re-queued (by heartbeat, or after an interrupt)."""
+    found = {t.system_attrs.get("failed_trial") for t in trials}
+    found |= {t.user_attrs.get("retry_of") for t in trials}
+    return {n for n in found if n is not None}
+
+
+def requeue_interrupted(study: Any) -> list[int]:
+    """Re-queue (same parameters) trials failed by an interrupt (Ctrl-C) and not re-run yet."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = _retried(trials)
+    out = []
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in done:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            out.append(t.number)
+    return out
+
+
 def _counts(study: Any, before: int | None = None) -> dict[str, int]:
     from optuna.trial import TrialState
 
     out = {"done": 0, "live": 0, "running": 0, "waiting": 0, "failed": 0}
     trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    retried = _retried(trials)
     for t in trials:
         if before is not None and t.number >= before:
             continue
@@ -166,6 +194,9 @@ def run_worker(
             return objective(trial)
         except TrialFailed as exc:
             trial.set_user_attr("error", str(exc))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # --resume re-runs it
             raise
 
     while True:
