@@ -205,3 +205,46 @@ def test_pruned_resnet_exports_to_onnx_and_runs_without_dwindle(tmp_path: Path) 
     assert out.shape == (1, 10)
     assert torch.allclose(torch.from_numpy(out), model(RGB).detach(), atol=1e-4)
     assert reference.layer1[0].conv1.out_channels == 8  # the copy was not touched
+
+
+# --- example recipes, on tiny synthetic CIFAR-format files and a tiny model ---------------
+
+
+@pytest.mark.parametrize(
+    "example", ["cifar10_resnet56_prune.yaml", "cifar10_resnet20_quantize.yaml"]
+)
+def test_cifar_example_recipes_run_on_tiny_data(tmp_path: Path, example: str) -> None:
+    import yaml
+
+    from dwindle.pipeline import run_recipe
+    from tests.test_cifar import _write_batch
+
+    root = tmp_path / "cifar"
+    root.mkdir()
+    for i in range(1, 6):
+        _write_batch(root / f"data_batch_{i}.bin", 24, i, gz=i == 1)
+    _write_batch(root / "test_batch.bin", 32, 9, gz=False)
+    path = Path(__file__).resolve().parents[1] / "examples" / example
+    doc = yaml.safe_load(path.read_text())
+    assert doc["model"]["weights"].endswith(".th")  # the published checkpoint, as users copy it
+    # a tiny model of the same family replaces the published checkpoint (no real data here)
+    doc["model"] = {"zoo": "resnet", "args": {"depth": 8, "width": 16}}
+    doc["data"] = {"name": "cifar10", "root": str(root), "val_size": 16}
+    doc["measure"] = {"batch_sizes": [1, 4], "runs": 2, "warmup": 1, "energy": "off"}
+    for stage in doc["stages"]:
+        for key in ("finetune",):
+            if key in stage:
+                stage[key]["epochs"] = 1
+        if "qat" in stage:
+            stage["qat"]["train"]["epochs"] = 1
+    result = run_recipe(doc, tmp_path / "run")
+    variants = [r["variant"] for r in result.report["rows"]]
+    assert variants[0] == "baseline" and len(variants) == 1 + len(doc["stages"])
+    final = result.models[variants[-1]]
+    with torch.no_grad():
+        assert final(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    if "prune" in example:
+        pruned = result.models["pruned-b"]
+        # stage 1 at 60 % keeps int(0.4 * 16) = 6 filters, the skipped blocks keep 16
+        assert pruned.layer1[0].conv1.out_channels == 6
+        assert (tmp_path / "run" / "artifacts" / "final.onnx").is_file()

@@ -233,6 +233,11 @@ def _trace(model: nn.Module, config: QAT) -> fx.GraphModule:
             "forward free of data-dependent Python control flow, or pass act_bits=None and "
             "fold_bn=False for weight-only QAT by module swap"
         ) from None
+    for node in graph.nodes:
+        # String annotations (``from __future__ import annotations``) become globals that a
+        # GraphModule cannot pickle; the types carry nothing QAT needs.
+        if isinstance(node.type, str):
+            node.type = None
     return fx.GraphModule(model, graph, type(model).__name__)
 
 
