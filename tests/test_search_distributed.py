@@ -78,22 +78,22 @@ def _check(url: str, study: str, n: int) -> dict[str, int]:
 def test_two_workers_complete_n_trials_without_duplicates_even_when_one_is_killed() -> None:
     with throwaway_postgres() as url:
         _create(url, "plain")
-        procs = [_worker(url, "plain", 8, 0.3) for _ in range(2)]
+        procs = [_worker(url, "plain", 6, 0.2) for _ in range(2)]
         outs = [p.communicate(timeout=120)[0] for p in procs]
         assert all(p.returncode == 0 for p in procs), outs
-        stats = _check(url, "plain", 8)
+        stats = _check(url, "plain", 6)
         assert stats["workers"] == 2  # both took part
 
         _create(url, "killed")
-        victim = _worker(url, "killed", 6, 1.5)
-        survivor = _worker(url, "killed", 6, 1.5)
+        victim = _worker(url, "killed", 4, 1.0)
+        survivor = _worker(url, "killed", 4, 1.0)
         _wait_for_start(victim)  # the victim is inside a trial now
         time.sleep(0.3)
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         out = survivor.communicate(timeout=120)[0]
         assert survivor.returncode == 0, out
-        stats = _check(url, "killed", 6)
+        stats = _check(url, "killed", 4)
         assert stats["retried"] >= 1  # the killed trial was failed by heartbeat and re-queued
 
 

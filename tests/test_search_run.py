@@ -37,7 +37,7 @@ JOINT: dict[str, Any] = {
     "name": "tiny-joint",
     "model": {"zoo": "mlp", "args": {"hidden": [32]}},
     "data": DATA,
-    "baseline": {"train": {"epochs": 4, "optimizer": "adam", "lr": 0.003}},
+    "baseline": {"train": {"epochs": 3, "optimizer": "adam", "lr": 0.003}},
     "stages": [
         {
             "prune": {"method": "magnitude", "ratio": 0.5},
@@ -47,9 +47,10 @@ JOINT: dict[str, Any] = {
         {"share": {"method": "kmeans", "bits": 5}, "name": "shared"},
         {"encode": {"method": "huffman", "index_bits": {"linear": 5}}, "name": "encoded"},
     ],
+    "measure": {"batch_sizes": [1], "runs": 3, "warmup": 1, "energy": "off", "memory": False},
     "search": {
         "kind": "joint",
-        "n_trials": 4,
+        "n_trials": 3,
         "retrain": False,
         "objectives": ["accuracy", "bytes"],
         "space": {
@@ -247,11 +248,16 @@ def test_search_examples_validate_and_the_cli_runs_one(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1] / "examples" / "search"
     kinds = {load_search_recipe(p)[2].kind for p in sorted(root.glob("*.yaml"))}
     assert kinds == {"hpo", "joint", "autotune", "nas"}
+    doc = yaml.safe_load((root / "hpo_digits.yaml").read_text())
+    doc["data"]["limit"] = 300  # the example itself, on a smaller budget
+    doc["baseline"]["train"]["epochs"] = 1
+    path = tmp_path / "hpo.yaml"
+    path.write_text(yaml.safe_dump(doc))
     res = CliRunner().invoke(
         app,
         [
             "search",
-            str(root / "hpo_digits.yaml"),
+            str(path),
             "--n-trials",
             "2",
             "--out",

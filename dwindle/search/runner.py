@@ -144,10 +144,7 @@ def search(
     url = url or default_url(out)
     store = open_storage(url, heartbeat=spec.heartbeat, retries=spec.retries)
     evaluator = Evaluator(doc, base_dir, spec, out)
-    constraints = _constraints if spec.constraint is not None else None
-    sampler = build_sampler(
-        spec.sampler_name, spec.seed, constraints=constraints, startup=_startup(spec)
-    )
+    sampler = build_sampler(spec.sampler_name, spec.seed, startup=_startup(spec))
     epochs = (doc.get("baseline") or {}).get("train", {}) or {}
     pruner = build_pruner(spec.pruner, epochs.get("epochs") if isinstance(epochs, dict) else None)
     must_exist = True if resume else (None if shared else False)
@@ -168,10 +165,6 @@ def search(
     result.summary.setdefault("states", {s: states.count(s) for s in sorted(set(states))})
     result.summary.setdefault("storage", mask_url(url))
     return result
-
-
-def _constraints(trial: Any) -> list[float]:
-    return [float(trial.user_attrs.get("constraint", 0.0))]
 
 
 def _startup(spec: SearchSpec) -> int | None:

@@ -38,14 +38,11 @@ class TrialFailed(Exception):
     """A trial could not be evaluated (the study records it failed and goes on)."""
 
 
-def build_sampler(
-    name: str,
-    seed: int,
-    *,
-    constraints: Callable[[Any], Sequence[float]] | None = None,
-    startup: int | None = None,
-) -> Any:
-    """Optuna sampler by dwindle name: random, tpe, gp, cmaes, nsga2 or motpe."""
+def build_sampler(name: str, seed: int, *, startup: int | None = None) -> Any:
+    """Optuna sampler by dwindle name: random, tpe, gp, cmaes, nsga2 or motpe.
+
+    Constraints reach the samplers through ``trial.set_constraint`` (Optuna 5).
+    """
     optuna = require("optuna", "search", "dwindle search")
     s = optuna.samplers
     with warnings.catch_warnings():
@@ -54,18 +51,18 @@ def build_sampler(
             return s.RandomSampler(seed=seed)
         if name in ("tpe", "motpe"):
             kw = {"n_startup_trials": startup} if startup is not None else {}
-            return s.TPESampler(seed=seed, constraints_func=constraints, multivariate=True, **kw)
+            return s.TPESampler(seed=seed, multivariate=True, **kw)
         if name == "gp":
             require("scipy", "search", "the Gaussian-process sampler")
             kw = {"n_startup_trials": startup} if startup is not None else {}
-            return s.GPSampler(seed=seed, constraints_func=constraints, **kw)
+            return s.GPSampler(seed=seed, **kw)
         if name == "cmaes":
             require("cmaes", "search", "the CMA-ES sampler")
             kw = {"n_startup_trials": startup} if startup is not None else {}
             return s.CmaEsSampler(seed=seed, warn_independent_sampling=False, **kw)
         if name == "nsga2":
             pop = {"population_size": max(4, startup)} if startup else {}
-            return s.NSGAIISampler(seed=seed, constraints_func=constraints, **pop)
+            return s.NSGAIISampler(seed=seed, **pop)
     raise SearchError(f"unknown sampler {name!r}")
 
 

@@ -168,7 +168,9 @@ class Evaluator:
             _, _, base_acc = self.baseline()
             floor = base_acc - self.spec.constraint.max_drop / 100
             trial.set_user_attr("baseline_accuracy", base_acc)
-            trial.set_user_attr("constraint", floor - metrics["accuracy"])  # <= 0: met
+            violation = floor - metrics["accuracy"]  # <= 0: met
+            trial.set_user_attr("constraint", violation)
+            trial.set_constraint("accuracy_floor", violation)  # samplers prefer feasible trials
         values = objective_values(metrics, self.spec)
         return values[0] if len(values) == 1 else values
 
