@@ -48,6 +48,12 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training")
     parser.add_argument(
+        "--smoke",
+        type=int,
+        metavar="N",
+        help="smoke test: N test/val images and N training images; writes <name>_smoke results",
+    )
+    parser.add_argument(
         "--latency-threads",
         type=int,
         default=1,
@@ -105,3 +111,28 @@ def cached_train(
     save(model, path)
     print(f"   {name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
     return model
+
+
+def load_cifar(args: argparse.Namespace, limit: int | None) -> Any:
+    """CIFAR-10 (seed 0) with ``limit`` training images; a ``--smoke N`` run keeps N of each."""
+    import dataclasses
+
+    from dwindle import data as dwdata
+
+    if args.smoke:
+        limit = args.smoke
+    data = dwdata.load("cifar10", seed=0, limit=limit)
+    if args.smoke:
+        n = args.smoke
+        data = dataclasses.replace(
+            data,
+            x_val=data.x_val[:n],
+            y_val=data.y_val[:n],
+            x_test=data.x_test[:n],
+            y_test=data.y_test[:n],
+        )
+    return data
+
+
+def result_name(name: str, args: argparse.Namespace) -> str:
+    return f"{name}_smoke" if args.smoke else name

@@ -22,10 +22,17 @@ import warnings
 from typing import Any
 
 import torch
-from _cifar import PUBLISHED_ACC, add_device_args, check_device, published, train_config
+from _cifar import (
+    PUBLISHED_ACC,
+    add_device_args,
+    check_device,
+    load_cifar,
+    published,
+    result_name,
+    train_config,
+)
 from _common import ARTIFACTS, RESULTS, write_results
 
-from dwindle import data as dwdata
 from dwindle.export import load_weights, save
 from dwindle.metrics import artifact_bytes, count_params, evaluate_accuracy
 from dwindle.quantization import QAT, convert_qat
@@ -75,7 +82,9 @@ def variant_config(variant: str, epochs: int, lr: float, device: str) -> QAT:
 
 def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> dict[str, Any]:
     cfg = variant_config(variant, args.epochs, args.lr, args.device)
-    key = hashlib.sha256(f"{cfg.model_dump_json()}{args.train_limit}".encode()).hexdigest()[:8]
+    key = hashlib.sha256(
+        f"{cfg.model_dump_json()}{args.train_limit}{args.smoke}".encode()
+    ).hexdigest()[:8]
     path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
     prepared = prepare_qat(base, cfg)
     if path.exists():
@@ -119,8 +128,8 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
     }
 
 
-def _previous_rows() -> list[dict[str, Any]]:
-    path = RESULTS / f"{NAME}.json"
+def _previous_rows(name: str) -> list[dict[str, Any]]:
+    path = RESULTS / f"{name}.json"
     if not path.exists():
         return []
     return json.loads(path.read_text()).get("rows", [])
@@ -144,7 +153,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.filterwarnings("ignore")
-    data = dwdata.load("cifar10", seed=0, limit=args.train_limit)
+    data = load_cifar(args, args.train_limit)
     base = published("resnet20")
     base_metrics = evaluate_accuracy(base, data, batch_size=500)
     base_bytes, fmt = artifact_bytes(base)
@@ -165,7 +174,11 @@ def main() -> None:
             "metrics": base_metrics,
         }
     ]
-    kept = {r["variant"]: r for r in _previous_rows() if r["variant"] != "resnet20_fp32"}
+    kept = {
+        r["variant"]: r
+        for r in _previous_rows(result_name(NAME, args))
+        if r["variant"] != "resnet20_fp32"
+    }
     start = time.perf_counter()
     for variant in args.only:
         print(f"== {variant}", flush=True)
@@ -180,7 +193,7 @@ def main() -> None:
             flush=True,
         )
         write_results(
-            NAME,
+            result_name(NAME, args),
             rows + list(kept.values()),
             {"cifar_w4a4_resnet20": {"baseline": "resnet20_fp32", "candidate": "resnet20_w4a4"}}
             if "resnet20_w4a4" in kept

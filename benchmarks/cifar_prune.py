@@ -3,13 +3,15 @@ Torch-Pruning at >= 2x fewer MACs, each measured in one run beside its baseline.
 
     python benchmarks/cifar_prune.py --only li2017           # target cifar_li2017_resnet56
     python benchmarks/cifar_prune.py --only vs_tp            # cifar_vs_torch_pruning_resnet56
+    python benchmarks/cifar_prune.py --only distill chain    # KD vs labels; prune->int8->ONNX
     python benchmarks/cifar_prune.py --device cuda           # the papers' fine-tuning budget
 
 Each part writes its own result file (benchmarks/results/cifar_li2017.json,
-cifar_vs_torch_pruning.json). Fine-tuned weights are cached in benchmarks/artifacts/ so an
-interrupted run resumes. CPU budget: a seeded training subset and one epoch (flags below);
-``--device cuda`` defaults to the papers' budgets (Li et al. 2017: 40 retraining epochs;
-Torch-Pruning's benchmark: 100 epochs) on the whole training split.
+cifar_vs_torch_pruning.json, cifar_distill.json, cifar_chain.json). Fine-tuned weights are
+cached in benchmarks/artifacts/ so an interrupted run resumes. CPU budget: a seeded training
+subset and one epoch (flags below); ``--device cuda`` defaults to the papers' budgets (Li et
+al. 2017: 40 retraining epochs; Torch-Pruning's benchmark: 100 epochs) on the whole training
+split.
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ import warnings
 from typing import Any
 
 import torch
-from _cifar import add_device_args, cached_train, check_device, published, train_config
+from _cifar import (
+    add_device_args,
+    cached_train,
+    check_device,
+    load_cifar,
+    published,
+    result_name,
+    train_config,
+)
 from _common import ARTIFACTS, write_results
 from torch import nn
 
-from dwindle import data as dwdata
 from dwindle.distillation import DistillConfig, recover_with_distillation
 from dwindle.export import load_weights, save
 from dwindle.metrics import MeasureConfig, compare, count_flops
@@ -122,10 +131,11 @@ def _finetune(
     name: str, model: nn.Module, teacher: nn.Module | None, data: Any, args: Any, log: list[str]
 ) -> nn.Module:
     cfg = train_config(args.epochs, args.lr, args.device)
+    name = f"{name}_n{args.smoke or args.train_limit or 'all'}"
     if teacher is None:
         return cached_train(name, model, data, cfg, log)
 
-    path = ARTIFACTS / f"cifar_{name}_kd_{args.epochs}e_{args.train_limit}_{args.lr}.safetensors"
+    path = ARTIFACTS / f"cifar_{name}_kd_{args.epochs}e_{args.lr}_{args.device}.safetensors"
     if path.exists():
         load_weights(model, path)
         log.append(f"{name}: fine-tuned weights reused from {path.name}")
@@ -187,7 +197,7 @@ def run_li2017(args: Any, data: Any) -> None:
         tuned.get_submodule(f"layer{s}.{b}.conv1").out_channels for s in (1, 2, 3) for b in range(9)
     ]
     out = write_results(
-        "cifar_li2017",
+        result_name("cifar_li2017", args),
         rows,
         {
             "cifar_li2017_resnet56": {
@@ -254,7 +264,7 @@ def run_vs_tp(args: Any, data: Any) -> None:
         if r["variant"] != "resnet56_baseline":
             r["paper"] = TP_PAPER
     out = write_results(
-        "cifar_vs_torch_pruning",
+        result_name("cifar_vs_torch_pruning", args),
         rows,
         {
             "cifar_vs_torch_pruning_resnet56": {
@@ -275,6 +285,98 @@ def run_vs_tp(args: Any, data: Any) -> None:
             *report.notes,
         ],
         extra_packages=("torch-pruning",),
+    )
+    print(f"wrote {out}")
+
+
+def run_distill(args: Any, data: Any) -> None:
+    """ResNet-56 teacher -> its pruned copy: KD vs labels, same student, same budget."""
+    base = published("resnet56")
+    cfg = FilterPruning(ratio=args.ratio, kept="down", criterion="l1", targets=("layer*.*.conv1",))
+    student = prune_filters_(copy.deepcopy(base), cfg, example_input=EXAMPLE).eval()
+    log: list[str] = []
+    labels = _finetune(f"vs_tp_ours_r{args.ratio}", copy.deepcopy(student), None, data, args, log)
+    kd = _finetune(f"distill_r{args.ratio}", copy.deepcopy(student), base, data, args, log)
+    models = {
+        "resnet56_baseline": base,
+        "resnet56_pruned_labels": labels,
+        "resnet56_pruned_kd": kd,
+    }
+    report = _measure(models, data, args)
+    how = {
+        "resnet56_pruned_labels": f"{budget(args)}; labels",
+        "resnet56_pruned_kd": f"{budget(args)}; KD from the unpruned ResNet-56 (T 4, alpha 0.9)",
+    }
+    out = write_results(
+        result_name("cifar_distill", args),
+        _rows(report, how, args.device),
+        {},
+        columns=COLUMNS,
+        notes=[
+            "Teacher: the published ResNet-56 (Idelbayev). Student: the same network with "
+            f"{args.ratio:.0%} of every residual block's first-conv channels removed (L1), as "
+            "in cifar_vs_torch_pruning; fine-tuned with labels only or with distillation "
+            "(Hinton et al. 2015) for the same epochs on the same images.",
+            *log,
+            *report.notes,
+        ],
+    )
+    print(f"wrote {out}")
+
+
+def run_chain(args: Any, data: Any) -> None:
+    """The whole chain on ResNet-56: Li 2017 pruned-B -> static int8 -> ONNX, one table."""
+    from dwindle.export import check_onnx, export_onnx
+    from dwindle.quantization import Int8Static, quantize_int8
+
+    base = published("resnet56")
+    log: list[str] = []
+    tuned = _finetune(
+        "li2017_b", li2017_pruned_b(base, []), base if args.kd else None, data, args, log
+    )
+    int8 = quantize_int8(
+        tuned,
+        Int8Static(per_channel=True, calibration_samples=512),
+        calibration=data.calib(512, seed=0),
+    )
+    onnx_path = ARTIFACTS / "cifar_chain_pruned_b.onnx"
+    export_onnx(tuned, EXAMPLE, onnx_path)
+    diff = check_onnx(onnx_path, tuned, EXAMPLE, atol=1e-3)
+    models = {"resnet56_baseline": base, "resnet56_pruned_b": tuned, "resnet56_pruned_b_int8": int8}
+    report = _measure(models, data, args)
+    rows = _rows(
+        report,
+        {"resnet56_pruned_b": budget(args), "resnet56_pruned_b_int8": f"{budget(args)}; then PTQ"},
+        args.device,
+    )
+    for r in rows:
+        r["metrics"]["stage"] = {
+            "resnet56_baseline": "published checkpoint",
+            "resnet56_pruned_b": "prune (Li 2017 pruned-B) + fine-tune",
+            "resnet56_pruned_b_int8": "int8 static (onnxruntime)",
+        }[r["variant"]]
+    out = write_results(
+        result_name("cifar_chain", args),
+        rows,
+        {},
+        columns=[
+            ("stage", "metrics.stage"),
+            *COLUMNS[:4],
+            ("bytes", "metrics.bytes"),
+            ("compression", "metrics.compression_rate"),
+            *COLUMNS[4:],
+        ],
+        notes=[
+            "The chain on the published ResNet-56: Li et al. 2017 pruned-B with the fine-tuning "
+            f"of cifar_li2017 ({budget(args)}), then static int8 (per-channel weights, 512 "
+            "calibration images, onnxruntime QLinearConv kernels), then export.",
+            f"Pruned fp32 model exported to ONNX ({onnx_path.name}) and run by onnxruntime alone: "
+            f"max |torch - ort| = {diff:.1e} on the example input; the int8 artifact is itself "
+            "an .onnx file (bytes column).",
+            *log,
+            *report.notes,
+        ],
+        extra_packages=("onnxruntime", "onnx"),
     )
     print(f"wrote {out}")
 
@@ -304,7 +406,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.filterwarnings("ignore")
-    data = dwdata.load("cifar10", seed=0, limit=args.train_limit)
+    data = load_cifar(args, args.train_limit)
     start = time.perf_counter()
     if "li2017" in args.only:
         print("== li2017", flush=True)
@@ -312,6 +414,12 @@ def main() -> None:
     if "vs_tp" in args.only:
         print("== vs_tp", flush=True)
         run_vs_tp(args, data)
+    if "distill" in args.only:
+        print("== distill", flush=True)
+        run_distill(args, data)
+    if "chain" in args.only:
+        print("== chain", flush=True)
+        run_chain(args, data)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 

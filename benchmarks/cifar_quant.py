@@ -18,10 +18,9 @@ import warnings
 from typing import Any
 
 import torch
-from _cifar import PUBLISHED_ACC, add_device_args, check_device, published
+from _cifar import PUBLISHED_ACC, add_device_args, check_device, load_cifar, published, result_name
 from _common import write_results
 
-from dwindle import data as dwdata
 from dwindle.metrics import MeasureConfig, compare
 from dwindle.quantization import Int8Static, output_sqnr, quantize_int8
 
@@ -92,7 +91,7 @@ def main() -> None:
     check_device(args.device)  # PTQ needs no training: the CPU run is the full version
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    data = dwdata.load("cifar10", seed=args.seed)
+    data = load_cifar(args, None)
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     start = time.perf_counter()
@@ -121,7 +120,7 @@ def main() -> None:
         f"total wall time {time.perf_counter() - start:.0f} s",
     ]
     out = write_results(
-        "cifar_quant",
+        result_name("cifar_quant", args),
         rows,
         targets,
         columns=COLUMNS,
