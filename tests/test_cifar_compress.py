@@ -248,3 +248,30 @@ def test_cifar_example_recipes_run_on_tiny_data(tmp_path: Path, example: str) ->
         # stage 1 at 60 % keeps int(0.4 * 16) = 6 filters, the skipped blocks keep 16
         assert pruned.layer1[0].conv1.out_channels == 6
         assert (tmp_path / "run" / "artifacts" / "final.onnx").is_file()
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "data" / "cifar10").is_dir(), reason="no shared CIFAR-10")
+@pytest.mark.parametrize(
+    ("name", "file", "published"),
+    [("resnet20", "resnet20-12fca82f.th", 0.9173), ("resnet56", "resnet56-4bfd9763.th", 0.9339)],
+)
+def test_cli_measure_reproduces_published_accuracy(
+    tmp_path: Path, name: str, file: str, published: float
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dwindle.cli import app
+
+    weights = SHARED / "models" / "cifar10-resnet" / file
+    out = tmp_path / "m.json"
+    args = ["measure", name, "--weights", str(weights), "--data", "cifar10", "--energy", "off"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    acc = json.loads(out.read_text())["rows"][0]["metrics"]["accuracy"]
+    assert abs(acc - published) <= 0.0005
