@@ -140,7 +140,18 @@ def _run(url: str, recipe: Path, tmp: Path, name: str, n: int, kill: bool) -> di
 
 
 def main() -> None:
-    n_plain, n_kill = 10, 8
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--trials",
+        type=int,
+        nargs=2,
+        default=[10, 8],
+        help="trials of the plain run and of the run with a killed worker",
+    )
+    n_plain, n_kill = parser.parse_args().trials
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dwindle-dist-") as tmpdir, throwaway_postgres() as url:
         tmp = Path(tmpdir)
