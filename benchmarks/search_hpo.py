@@ -224,7 +224,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--compress-trials", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--limit", type=int, default=2000, help="training images (smoke: 300)")
     args = parser.parse_args()
+    DATA["limit"] = args.limit
     OUT.mkdir(parents=True, exist_ok=True)
     rows, best = run_hpo(args.trials, args.seeds)
     partial = RESULTS / "search_hpo.partial.json"
@@ -232,7 +234,7 @@ def main() -> None:
     rows += run_compress(best, args.compress_trials)
     notes = [
         f"HPO: {args.trials} trials per sampler and seed (seeds {args.seeds}); objective: "
-        "validation accuracy after 1 epoch on a 2,000-image MNIST training subset "
+        f"validation accuracy after 1 epoch on a {args.limit}-image MNIST training subset "
         "(validation: 2,000 images carved from the training set); space: lr 1e-3-0.5 (log), "
         "batch 16-128, weight decay 1e-6-1e-2 (log), momentum 0.5-0.99, dropout 0-0.5",
         "default_hparams: TrainConfig defaults (SGD lr 0.1, momentum 0.9, batch 128, no weight "

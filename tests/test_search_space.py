@@ -82,6 +82,9 @@ def test_paths_that_do_not_fit_the_recipe_are_named() -> None:
         load_search_recipe(_recipe(space={"stages.5.prune.ratio": {"low": 0.1, "high": 0.9}}))
     with pytest.raises(ConfigError, match="does not start with model, data, baseline or stages"):
         load_search_recipe(_recipe(space={"lr": {"low": 0.1, "high": 1.0}}))
+    no_teacher = {**_recipe(space={"distill": {"choices": [True, False]}}), "baseline": {}}
+    with pytest.raises(ConfigError, match="the teacher is the recipe's own model"):
+        load_search_recipe(no_teacher)
     with pytest.raises(ConfigError, match="no 'search:' section"):
         load_search_recipe(dict(BASE))
 

@@ -100,6 +100,14 @@ def load_search_recipe(
             load_recipe(checked)
         except ConfigError as exc:
             raise ConfigError(f"search.space: {path!r} does not fit the recipe: {exc}") from None
+    has_teacher = bool((doc.get("model") or {}).get("weights")) or bool(
+        (doc.get("baseline") or {}).get("train")
+    )
+    if spec.kind in ("hpo", "nas") and "distill" in spec.space and not has_teacher:
+        raise ConfigError(
+            "search.space.distill: the teacher is the recipe's own model, which has neither "
+            "weights (model.weights) nor training (baseline.train); give it one of them"
+        )
     if spec.kind in ("joint", "autotune") and not doc.get("stages"):
         raise ConfigError(f"search.kind {spec.kind}: the recipe has no stages to search over")
     if spec.kind in ("joint", "autotune") and any(p.startswith("model.") for p in spec.space):
