@@ -150,8 +150,12 @@ def plot_pareto(
         )
     for i, (name, (mx, my)) in enumerate((marks or {}).items()):
         ax.scatter([mx], [my], marker="*", s=120, color=f"C{i + 4}", label=name, zorder=5)
-    if x in ("bytes", "flops", "params"):
-        ax.set_xscale("log")
+    xs = [p[x] for p in points if p[x]] + [m[0] for m in (marks or {}).values() if m[0]]
+    if x in ("bytes", "flops", "params") and xs and max(xs) / min(xs) > 20:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xscale("log")  # sizes spanning decades; minor labels would overlap
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title("Pareto front")
