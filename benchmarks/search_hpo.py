@@ -98,7 +98,7 @@ def run_hpo(trials: int, seeds: list[int]) -> tuple[list[dict[str, Any]], dict[s
         default_test.append(evaluate(model, data, "test")["accuracy"])
     rows.append(
         {
-            "variant": "default_hparams",
+            "variant": "hpo_default",
             "model": "cnn4bn",
             "dataset": "mnist",
             "split": "val",
@@ -133,7 +133,7 @@ def run_hpo(trials: int, seeds: list[int]) -> tuple[list[dict[str, Any]], dict[s
         mean_curve = [statistics.mean(c[i] for c in runs) for i in range(trials)]
         rows.append(
             {
-                "variant": sampler,
+                "variant": f"hpo_{sampler}",
                 "model": "cnn4bn",
                 "dataset": "mnist",
                 "split": "val",
