@@ -275,3 +275,15 @@ def test_cli_measure_reproduces_published_accuracy(
     assert result.exit_code == 0, result.output
     acc = json.loads(out.read_text())["rows"][0]["metrics"]["accuracy"]
     assert abs(acc - published) <= 0.0005
+
+
+def test_int8_onnx_artifact_carries_no_exporter_metadata() -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from dwindle.quantization import Int8Static, quantize_int8
+
+    model = tiny_resnet()
+    q = quantize_int8(model, Int8Static(), calibration=torch.randn(16, 3, 32, 32))
+    proto = onnx.load_from_string(q.onnx_bytes)
+    # the exporter's graph signature (text) would cost more bytes than a small layer's weights
+    assert len(proto.metadata_props) == 0 and len(proto.graph.metadata_props) == 0
