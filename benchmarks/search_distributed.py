@@ -176,8 +176,9 @@ def main() -> None:
         "PostgreSQL: a throw-away server from dwindle.search.throwaway_postgres (PostgreSQL "
         f"binaries {_pg_version()}); 2 worker processes of the real CLI "
         "(`python -m dwindle.cli search recipe.yaml --storage postgresql://...`), heartbeat 2 s",
-        "one_worker_killed: SIGKILL while the victim was inside a trial (after its first "
-        "trial); the survivor failed the stale trial and re-ran it with the same parameters",
+        "one_worker_killed: SIGKILL while the victim was inside a trial (trial number >= 1, "
+        "see killed_trial in the JSON); the survivor failed the stale trial and re-ran it with "
+        "the same parameters (killed_trial_rerun_as)",
         "duplicates: completed trials sharing an original trial number (a retry counts as "
         "its original); lost: failed trials neither re-queued nor surplus",
         "objective: validation accuracy of a 64-unit MLP on the digits, 6 epochs per trial",
