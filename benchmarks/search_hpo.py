@@ -244,6 +244,9 @@ def main() -> None:
         "epoch) and low-bit weights (on/off, 4/8 bits) on val accuracy, b32 latency and bytes; "
         "rows measured together on the test split, ratios against the tuned baseline",
         "Fashion-MNIST is not on this machine: only MNIST was run",
+        "params counts trainable parameters: low-bit layers keep their packed weights in "
+        "buffers, so rows with low-bit weights show only the float parameters left (bytes "
+        "is the real file)",
         "best-so-far curves: results/search_hpo_best_so_far.png",
     ]
     cols = [
