@@ -55,7 +55,7 @@ OUT = ARTIFACTS / "search_hpo"
 
 
 def _hpo(sampler: str, seed: int, trials: int) -> list[dict[str, Any]]:
-    run = OUT / f"{sampler}-{seed}"
+    run = OUT / f"{sampler}-{seed}-limit{DATA['limit']}"  # reused only for the same data
     done = run / "trials.json"
     if done.exists():
         rows = json.loads(done.read_text())
