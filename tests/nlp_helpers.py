@@ -80,7 +80,9 @@ def write_sst2(path: Path, rows=SENTIMENT) -> Path:
     return path
 
 
-def tiny_bert_dir(root: Path, *, layers: int = 2, heads: int = 4, hidden: int = 32) -> Path:
+def tiny_bert_dir(
+    root: Path, *, layers: int = 2, heads: int = 4, hidden: int = 32, max_len: int = 48
+) -> Path:
     """A sentence-transformers style folder: BERT config + random weights + WordPiece vocab."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
@@ -96,12 +98,12 @@ def tiny_bert_dir(root: Path, *, layers: int = 2, heads: int = 4, hidden: int = 
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=2 * hidden,
-        max_position_embeddings=64,
+        max_position_embeddings=max(64, max_len),
         pad_token_id=0,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(str(folder))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}))
     (folder / "modules.json").write_text(
         json.dumps(
             [

@@ -1,0 +1,81 @@
+"""ONNX export (dynamic batch and sequence) and int8 (onnxruntime, torchao) of a tiny encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nlp_helpers import PAIRS, tiny_bert_dir
+
+from dwindle.errors import ConfigError
+from dwindle.export import save
+from dwindle.metrics import artifact_bytes, count_params
+from dwindle.nlp import (
+    OrtTextModule,
+    TextInt8,
+    check_text_onnx,
+    export_text_onnx,
+    load_encoder,
+    onnx_cosine,
+    quantize_text,
+    stsb_spearman,
+)
+from dwindle.nlp.text_data import StsPair
+
+SENTENCES = [p[0] for p in PAIRS] + [p[1] for p in PAIRS]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_encoder(tiny_bert_dir(tmp_path_factory.mktemp("q"), layers=2, hidden=64))
+
+
+def test_onnx_export_runs_any_batch_and_length_in_onnxruntime(tiny, tmp_path):
+    path = export_text_onnx(tiny, tmp_path / "enc.onnx")
+    assert check_text_onnx(path, tiny, SENTENCES) >= 0.9999  # padded to the longest
+    assert check_text_onnx(path, tiny, SENTENCES[:3], pad_to=40) >= 0.9999
+    assert onnx_cosine(path, tiny, SENTENCES[:1]) >= 0.9999  # batch 1
+
+
+def test_safetensors_round_trip_keeps_the_embeddings(tiny, tmp_path):
+    from dwindle.export import load_weights
+
+    path = save(tiny, tmp_path / "enc.safetensors", "safetensors")
+    other = load_encoder(tiny.dwindle_source)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.zero_()
+    load_weights(other, path)
+    ids = tiny.tokenize(SENTENCES)
+    with torch.no_grad():
+        assert torch.allclose(other(ids), tiny(ids))
+
+
+def test_onnxruntime_dynamic_int8_is_close_and_four_times_smaller(tiny):
+    q = quantize_text(tiny, TextInt8())
+    assert isinstance(q, OrtTextModule) and "MatMulInteger" in q.op_types
+    assert onnx_cosine(q, tiny, SENTENCES) >= 0.99
+    assert count_params(q) == count_params(tiny)
+    fp32_bytes, int8_bytes = artifact_bytes(tiny)[0], artifact_bytes(q)[0]
+    assert int8_bytes < 0.5 * fp32_bytes  # embeddings stay float; the MatMul weights are int8
+    pairs = [StsPair(*p) for p in PAIRS]
+    assert abs(stsb_spearman(q, pairs)["spearman"] - stsb_spearman(tiny, pairs)["spearman"]) < 30
+    with pytest.raises(Exception, match="inference only"):
+        q.train()(tiny.tokenize(["a man"]))
+
+
+def test_static_int8_needs_calibration_and_runs_with_it(tiny):
+    with pytest.raises(ConfigError, match="static int8 needs calibration sentences"):
+        quantize_text(tiny, TextInt8(mode="static"))
+    q = quantize_text(tiny, TextInt8(mode="static", fuse=False), calibration=SENTENCES)
+    assert "QuantizeLinear" in q.op_types or "QLinearMatMul" in q.op_types
+    assert onnx_cosine(q, tiny, SENTENCES) >= 0.95
+
+
+def test_torchao_int8_and_bad_inputs(tiny):
+    q = quantize_text(tiny, TextInt8(backend="torchao"))
+    assert onnx_cosine(q, tiny, SENTENCES) >= 0.99
+    assert artifact_bytes(q)[1] == "torchao-state-dict"
+    with pytest.raises(ConfigError, match="dynamic only"):
+        quantize_text(tiny, TextInt8(backend="torchao", mode="static"), calibration=SENTENCES)
+    with pytest.raises(ConfigError, match="carries no tokenizer"):
+        quantize_text(torch.nn.Linear(2, 2))
