@@ -169,7 +169,8 @@ class QAT(TargetedConfig):
     ``train`` is the QAT schedule; ``convert`` returns the packed integer model.
     ``learned_ranges``: LSQ (Esser et al. 2020): uniform weights and activations get learned
     step sizes, started at the MSE-optimal range. ``input_bits``: bits of the model input's
-    quantiser (default ``act_bits``; PACT and LSQ keep the image at 8 bits).
+    quantiser and of the inputs of weighted layers kept float (default ``act_bits``; PACT and
+    LSQ keep the first and last layers' inputs at 8 bits).
     """
 
     weight_bits: int = 8
@@ -306,6 +307,19 @@ def _weight_quantizer(config: QAT) -> WeightQuantizer:
     )
 
 
+def _feeds_float_layer(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node``'s value reaches only weighted layers kept float (through grid ops)."""
+    users = list(node.users)
+    while len(users) == 1 and _is(users[0], gm, _GRID_MODULES, _GRID_FUNCS, _GRID_METHODS):
+        users = list(users[0].users)
+    return bool(users) and all(
+        u.op == "call_module"
+        and not isinstance(gm.get_submodule(str(u.target)), QATLayer)
+        and any(True for _ in gm.get_submodule(str(u.target)).parameters(recurse=False))
+        for u in users
+    )
+
+
 def _place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
     bits = config.act_bits
     for node in list(gm.graph.nodes):
@@ -319,7 +333,8 @@ def _place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
         if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QATLayer):
             after |= not node.users or not all(_is_act(u, gm) for u in node.users)
         if after:
-            b = (config.input_bits or bits) if node.op == "placeholder" else bits
+            edge = node.op == "placeholder" or _feeds_float_layer(node, gm)
+            b = (config.input_bits or bits) if edge else bits
             fq: FakeQuantize = (
                 LSQActivation(b)  # type: ignore[arg-type]
                 if config.learned_ranges
