@@ -196,6 +196,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "dwindle.distillation",
     "dwindle.factorization",
     "dwindle.sharing",
+    "dwindle.nlp.stages",
 )
 _ENTRY_POINT_GROUP = "dwindle.techniques"
 _loaded = False

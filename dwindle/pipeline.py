@@ -134,6 +134,20 @@ def build_model_and_data(recipe: Recipe) -> tuple[nn.Module, Any]:
     from dwindle.models import build_model
 
     d = recipe.data
+    if recipe.model.hf is not None:  # a text encoder, measured on STS-B
+        from dwindle.nlp import load_encoder
+        from dwindle.nlp.stages import sts_bundle
+
+        if d.name != "stsb":
+            raise ConfigError(
+                f"recipe.data.name: a text encoder is measured on 'stsb', not {d.name!r}"
+            )
+        encoder = load_encoder(recipe.resolve(recipe.model.hf) or recipe.model.hf)
+        if recipe.model.weights is not None:
+            from dwindle.export import load_weights
+
+            load_weights(encoder, recipe.resolve(recipe.model.weights) or recipe.model.weights)
+        return encoder, sts_bundle(encoder, recipe.resolve(d.root), limit=d.limit)
     data = data_mod.load(
         d.name,
         recipe.resolve(d.root),

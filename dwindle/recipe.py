@@ -45,22 +45,23 @@ class ModelSpec(Config):
 
     zoo: str | None = None
     path: str | None = None
+    hf: str | None = None  # a transformers / sentence-transformers folder, or "minilm"
     args: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
     strip_prefix: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.zoo is None) == (self.path is None):
+        if sum(x is not None for x in (self.zoo, self.path, self.hf)) != 1:
             raise ValueError(
-                "give exactly one of 'zoo' (a zoo model name, see `dwindle zoo list`) "
-                "or 'path' (a 'file.py:factory' spec)"
+                "give exactly one of 'zoo' (a zoo model name, see `dwindle zoo list`), "
+                "'path' (a 'file.py:factory' spec) or 'hf' (a Hugging Face model folder)"
             )
         return self
 
     @property
     def spec(self) -> str:
-        return self.zoo if self.zoo is not None else str(self.path)
+        return next(str(x) for x in (self.zoo, self.path, self.hf) if x is not None)
 
 
 class DataSpec(Config):

@@ -141,7 +141,11 @@ def _static_metrics(
     """Everything but latency (measured for all models together) and the ratios."""
     m: dict[str, Any] = {}
     if data is not None and cfg.accuracy:
-        m.update(evaluate_accuracy(model, data, cfg.split, device=model_device(model)))
+        task = getattr(data, "task_metrics", None)  # e.g. STS-B Spearman for text encoders
+        if callable(task):
+            m.update(task(model, cfg.split))
+        else:
+            m.update(evaluate_accuracy(model, data, cfg.split, device=model_device(model)))
     one = make_input(1)
     m["params"] = count_params(model)
     m["nonzeros"] = count_nonzeros(model)
