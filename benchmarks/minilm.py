@@ -326,6 +326,49 @@ def part_3layer(teacher: nn.Module, dev: list, runs: int, args: argparse.Namespa
     )
 
 
+ENCODER_LINEARS = ("re:backbone\\.encoder\\.layer\\.\\d+\\..*(query|key|value|dense)",)
+FFN = (
+    "backbone.encoder.layer.*.intermediate.dense",
+    "re:backbone\\.encoder\\.layer\\.\\d+\\.output\\.dense",
+)
+
+
+def part_extras(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]]:
+    """Techniques from the other issues on MiniLM, no recovery: what they cost and save."""
+    import tempfile
+    from pathlib import Path
+
+    from dwindle.factorization import Factorize, factorize_
+    from dwindle.nlp import check_text_onnx, export_text_onnx
+    from dwindle.pruning import Prune, prune_
+
+    check = [p.sentence1 for p in dev[:64]]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_text_onnx(teacher, Path(tmp) / "fp32.onnx")
+        onnx_cos = check_text_onnx(path, teacher, check, pad_to=SEQ)
+        onnx_bytes = path.stat().st_size
+    log(f"ONNX fp32 export: lowest cosine vs torch {onnx_cos:.6f}, {onnx_bytes} bytes")
+    models: dict[str, nn.Module] = {"fp32@extras": teacher}
+    lowrank = copy.deepcopy(teacher)
+    factorize_(lowrank, Factorize(method="svd", ratio=0.5, targets=FFN))
+    models["ffn_lowrank50"] = lowrank
+    for name, cfg in {
+        "sparse_2of4": Prune(method="nm", n=2, m=4, targets=ENCODER_LINEARS),
+        "sparse_50": Prune(method="magnitude", ratio=0.5, targets=ENCODER_LINEARS),
+    }.items():
+        models[name] = prune_(copy.deepcopy(teacher), cfg)
+    models["drop_to_4_layers"] = drop_layers_(copy.deepcopy(teacher), keep_pattern(6, 4))
+    schemes = {
+        "fp32@extras": f"torch eager fp32; ONNX export lowest cosine {onnx_cos:.6f}",
+        "ffn_lowrank50": "SVD of the FFN linears keeping 50 % of their parameters, no fine-tune",
+        "sparse_2of4": "2:4 magnitude masks on encoder linears (dense kernels), no fine-tune",
+        "sparse_50": "50 % magnitude masks per encoder linear (dense kernels), no fine-tune",
+        "drop_to_4_layers": "layers [0, 2, 4, 5] kept, no distillation",
+    }
+    extra = {"fp32@extras": {"onnx_fp32_cosine_min": onnx_cos, "onnx_fp32_bytes": onnx_bytes}}
+    return measure_rows("extras", models, dev, runs=runs, schemes=schemes, extra=extra)
+
+
 def merge(rows: list[dict[str, Any]], notes: list[str]) -> None:
     path = RESULTS / f"{NAME}.json"
     old = json.loads(path.read_text())["rows"] if path.exists() else []
@@ -397,7 +440,7 @@ def main() -> None:
         elif part == "3layer":
             rows = part_3layer(teacher, dev, args.runs, args)
         else:
-            continue
+            rows = part_extras(teacher, dev, args.runs)
         merge(rows, notes)
         log(f"part {part} done in {time.perf_counter() - t:.0f} s")
 
