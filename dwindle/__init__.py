@@ -75,6 +75,7 @@ _SUBMODULES: dict[str, str] = {
     "metrics": "dwindle.metrics",
     "training": "dwindle.training",
     "search": "dwindle.search",  # callable: dw.search("recipe.yaml") runs a search
+    "nlp": "dwindle.nlp",
 }
 
 __all__ = ["__version__", *sorted(_LAZY), "quantize", *sorted(_SUBMODULES)]
