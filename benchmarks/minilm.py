@@ -41,6 +41,7 @@ from dwindle.nlp import (
     load_sst2,
     load_stsb,
     prune_heads_,
+    sst2_accuracy,
     stsb_spearman,
     transfer_sentences,
 )
@@ -49,6 +50,7 @@ from dwindle.nlp.layers import keep_pattern
 
 NAME = "minilm"
 SEQ = 128
+SST2_TRAIN = 2000  # SST-2 train rows the logistic head is fitted on (dev: all 872)
 PAPER_STSB = {
     "spearman": 82.03,
     "split": "test",
@@ -81,13 +83,15 @@ def structure(model: nn.Module) -> dict[str, Any]:
         return {}
 
 
-def make_input(model: nn.Module, dev: list) -> Callable[[int], torch.Tensor]:
+def make_input(
+    model: nn.Module, dev: list, pad_to: int | None = SEQ
+) -> Callable[[int], torch.Tensor]:
     sentences = [p.sentence1 for p in dev]
     cache: dict[int, torch.Tensor] = {}
 
     def make(b: int) -> torch.Tensor:
         if b not in cache:
-            cache[b] = model.tokenize(sentences[:b], pad_to=SEQ)
+            cache[b] = model.tokenize(sentences[:b], pad_to=pad_to)
         return cache[b]
 
     return make
@@ -102,6 +106,7 @@ def measure_rows(
     schemes: dict[str, str],
     extra: dict[str, dict[str, Any]] | None = None,
     spearman_skip: tuple[str, ...] = (),
+    sst2: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     base = next(iter(models.values()))
     rows = []
@@ -118,12 +123,22 @@ def measure_rows(
         m.update(structure(model) or structure(getattr(model, "inner", model)))
         m.update((extra or {}).get(name, {}))
         metrics[name] = m
+    if sst2:
+        train, test = load_sst2("train")[:SST2_TRAIN], load_sst2("dev")
+        for name in sst2:
+            t = time.perf_counter()
+            acc = sst2_accuracy(models[name], train, test)["sst2_accuracy"]
+            metrics[name].update(sst2_accuracy=acc, sst2_train_rows=len(train))
+            log(f"{name}: SST-2 {acc:.4f} ({time.perf_counter() - t:.0f} s)")
     log(f"latency b1/b32 at {SEQ} tokens, {runs} interleaved rounds: {', '.join(models)}")
     lat = measure_latency(models, make_input(base, dev), (1, 32), warmup=2, runs=runs)
+    # realistic lengths: the same sentences padded only to the longest in the batch
+    real = measure_latency(models, make_input(base, dev, None), (1, 32), warmup=2, runs=runs)
     base_name = next(iter(models))
     for name in models:
         m = metrics[name]
         m["latency_ms"] = lat[name]
+        m["latency_ms_real_lengths"] = real[name]
         for b in (1, 32):
             m[f"speedup_b{b}"] = lat[base_name][f"b{b}"]["p50"] / lat[name][f"b{b}"]["p50"]
         log(f"{name}: b1 {lat[name]['b1']['p50']:.1f} ms, b32 {lat[name]['b32']['p50']:.0f} ms")
@@ -200,7 +215,15 @@ def part_int8(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]]:
         if name != "fp32":
             extra[name] = {"cosine_min": onnx_cosine(model, teacher, check, pad_to=SEQ)}
     schemes = {n: getattr(m, "scheme", "torch eager fp32") for n, m in models.items()}
-    rows = measure_rows("int8", models, dev, runs=runs, schemes=schemes, extra=extra)
+    rows = measure_rows(
+        "int8",
+        models,
+        dev,
+        runs=runs,
+        schemes=schemes,
+        extra=extra,
+        sst2=("fp32", "int8_dynamic"),
+    )
     # torchao's eager int8 path runs several times slower than fp32 on this CPU, so it is
     # timed alone with 2 rounds (its gap to the others is far larger than the noise) and its
     # Spearman is taken on the first 300 dev pairs, beside fp32 on the same pairs.
@@ -281,6 +304,7 @@ def part_heads(teacher: nn.Module, dev: list, runs: int, args: argparse.Namespac
         "heads",
         {"fp32@heads": teacher, "heads40": pruned},
         dev,
+        sst2=("fp32@heads", "heads40"),
         runs=runs,
         schemes=schemes,
         extra=extra,
@@ -320,6 +344,7 @@ def part_3layer(teacher: nn.Module, dev: list, runs: int, args: argparse.Namespa
         "3layer",
         {"fp32@3layer": teacher, "student_3layer": student},
         dev,
+        sst2=("fp32@3layer", "student_3layer"),
         runs=runs,
         schemes=schemes,
         extra=extra,
