@@ -79,3 +79,11 @@ def test_torchao_int8_and_bad_inputs(tiny):
         quantize_text(tiny, TextInt8(backend="torchao", mode="static"), calibration=SENTENCES)
     with pytest.raises(ConfigError, match="carries no tokenizer"):
         quantize_text(torch.nn.Linear(2, 2))
+
+
+def test_torchscript_export_lets_onnxruntime_fuse_attention(tiny):
+    q = quantize_text(tiny, TextInt8(exporter="torchscript"))
+    assert "QAttention" in q.op_types or "Attention" in q.op_types
+    assert "TorchScript" in q.scheme
+    assert onnx_cosine(q, tiny, SENTENCES) >= 0.99  # padded to the longest sentence
+    assert onnx_cosine(q, tiny, SENTENCES[:2], pad_to=40) >= 0.99

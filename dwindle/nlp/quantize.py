@@ -29,6 +29,7 @@ from dwindle.export import register_format
 from dwindle.metrics.counts import count_nonzeros, count_params
 from dwindle.nlp.encoder import tokenize
 from dwindle.nlp.export import export_text_onnx
+from dwindle.nlp.heads import count_heads
 from dwindle.quantization.backends.ort import OrtModule, compact_onnx, u8s8_saturates
 
 __all__ = ["OrtTextModule", "TextInt8", "TorchaoTextModule", "fuse_bert_onnx", "quantize_text"]
@@ -43,7 +44,9 @@ class TextInt8(Config):
     (onnxruntime; calibrated on ``calibration_samples`` sentences). ``per_channel``: one weight
     scale per output channel. ``fuse``: run onnxruntime's BERT graph fusions first.
     ``reduce_range``: 7-bit weights (None: on for static on x86 CPUs without VNNI, where
-    uint8 × int8 kernels can saturate).
+    uint8 × int8 kernels can saturate). ``exporter``: "torchscript" (eager attention) gives
+    graphs onnxruntime's optimizer fuses into its Attention op, which the dynamo exporter's
+    graphs are not yet matched to.
     """
 
     backend: Literal["onnxruntime", "torchao"] = "onnxruntime"
@@ -52,6 +55,7 @@ class TextInt8(Config):
     fuse: bool = True
     reduce_range: bool | None = None
     calibration_samples: int = Field(256, ge=1, le=100_000)
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
 
 
 def _text_attrs(dst: nn.Module, src: nn.Module) -> None:
@@ -126,6 +130,32 @@ def fuse_bert_onnx(src: Path, dst: Path, *, num_heads: int = 0, hidden_size: int
     return dst
 
 
+def _export_torchscript(model: nn.Module, path: Path) -> Path:
+    """TorchScript-exporter ONNX with eager attention (the graph onnxruntime's BERT fusion
+    recognises); dynamic batch and sequence."""
+    from dwindle.export.onnx_io import _quiet
+
+    clone = copy.deepcopy(model).eval()
+    clone.backbone.config._attn_implementation = "eager"
+    example = torch.full((2, 16), 5, dtype=torch.long)
+    example[1, 10:] = int(getattr(model, "pad_token_id", 0))
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            clone,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids"],
+            output_names=["sentence_embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "sentence_embedding": {0: "batch"},
+            },
+        )
+    return path
+
+
 def _float_matmuls(path: Path) -> list[str]:
     """Names of MatMul nodes with no weight initializer (attention scores and context)."""
     onnx = require("onnx", "onnx", "int8 quantization with onnxruntime")
@@ -163,9 +193,18 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
     quant = require("onnxruntime.quantization", "onnx", "int8 quantization with onnxruntime")
     onnx = require("onnx", "onnx", "int8 quantization with onnxruntime")
     with tempfile.TemporaryDirectory(prefix="dwindle-text-int8-") as tmp:
-        src = export_text_onnx(model, Path(tmp) / "fp32.onnx")
+        if cfg.exporter == "dynamo":
+            src = export_text_onnx(model, Path(tmp) / "fp32.onnx")
+        else:
+            src = _export_torchscript(model, Path(tmp) / "fp32.onnx")
         if cfg.fuse:
-            src = fuse_bert_onnx(src, Path(tmp) / "fused.onnx")
+            heads = set(count_heads(model))
+            src = fuse_bert_onnx(
+                src,
+                Path(tmp) / "fused.onnx",
+                num_heads=heads.pop() if len(heads) == 1 else 0,
+                hidden_size=int(getattr(model.backbone.config, "hidden_size", 0)),
+            )
         proto = onnx.load(str(src))
         for i, node in enumerate(proto.graph.node):
             node.name = node.name or f"node_{i}"  # exclusion lists need names
@@ -180,8 +219,9 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
                 per_channel=cfg.per_channel,
                 reduce_range=bool(cfg.reduce_range),
                 weight_type=quant.QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"],
+                op_types_to_quantize=["MatMul", "Gemm", "Attention"],
                 nodes_to_exclude=keep,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
             scheme = f"onnxruntime dynamic int8 ({granularity})"
         else:
@@ -202,6 +242,7 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
                 ", 7-bit weights)" if reduce else ")"
             )
         scheme += ", fused graph" if cfg.fuse else ""
+        scheme += ", TorchScript export" if cfg.exporter == "torchscript" else ""
         data = compact_onnx(onnx.load(str(out))).SerializeToString()
     return OrtTextModule(data, model, scheme=scheme)
 
