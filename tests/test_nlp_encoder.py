@@ -73,3 +73,18 @@ def test_stsb_spearman_and_sst2_accuracy_on_the_tiny_model(tiny):
     assert stsb_spearman(tiny, same)["spearman"] == pytest.approx(100.0)
     acc = sst2_accuracy(tiny, SENTIMENT, SENTIMENT)
     assert acc["n_test"] == 8 and acc["sst2_accuracy"] >= 0.75  # separable train = test set
+
+
+@pytest.mark.slow
+def test_real_minilm_matches_sentence_transformers_and_scores_on_stsb():
+    from sentence_transformers import SentenceTransformer
+
+    from dwindle.nlp import load_stsb, minilm_path
+
+    model = load_encoder("minilm")
+    reference = SentenceTransformer(str(minilm_path()), device="cpu")
+    texts = ["A man with a hard hat is dancing.", "A young child is riding a horse."]
+    ours = model(model.tokenize(texts))
+    theirs = reference.encode(texts, convert_to_tensor=True)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert stsb_spearman(model, load_stsb("dev")[:200])["spearman"] > 80
