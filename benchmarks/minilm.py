@@ -215,7 +215,10 @@ def part_int8(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]]:
         )
     for name, model in models.items():
         if name != "fp32":
-            extra[name] = {"cosine_min": onnx_cosine(model, teacher, check, pad_to=SEQ)}
+            extra[name] = {
+                "cosine_min": onnx_cosine(model, teacher, check, pad_to=SEQ),
+                "cosine_mean": onnx_cosine(model, teacher, check, pad_to=SEQ, reduce="mean"),
+            }
     schemes = {n: getattr(m, "scheme", "torch eager fp32") for n, m in models.items()}
     rows = measure_rows(
         "int8",

@@ -54,6 +54,8 @@ def test_onnxruntime_dynamic_int8_is_close_and_four_times_smaller(tiny):
     q = quantize_text(tiny, TextInt8())
     assert isinstance(q, OrtTextModule) and "MatMulInteger" in q.op_types
     assert onnx_cosine(q, tiny, SENTENCES) >= 0.99
+    mean = onnx_cosine(q, tiny, SENTENCES, reduce="mean")
+    assert onnx_cosine(q, tiny, SENTENCES) <= mean <= 1.0 + 1e-6
     assert count_params(q) == count_params(tiny)
     fp32_bytes, int8_bytes = artifact_bytes(tiny)[0], artifact_bytes(q)[0]
     assert int8_bytes < 0.5 * fp32_bytes  # embeddings stay float; the MatMul weights are int8

@@ -12,6 +12,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,9 +78,10 @@ def onnx_cosine(
     sentences: Sequence[str],
     *,
     pad_to: int | None = None,
+    reduce: Literal["min", "mean"] = "min",
 ) -> float:
-    """Lowest cosine similarity between the embeddings of ``onnx_model`` (a file, or any
-    module such as an int8 one) and ``reference`` over ``sentences``."""
+    """Lowest (or mean) cosine similarity between the embeddings of ``onnx_model`` (a file,
+    or any module such as an int8 one) and ``reference`` over ``sentences``."""
     ids = tokenize(
         reference.tokenizer,
         list(sentences),
@@ -100,7 +102,8 @@ def onnx_cosine(
         raise DwindleError(
             f"ONNX output shape {tuple(got.shape)} differs from torch's {tuple(want.shape)}"
         )
-    return float(F.cosine_similarity(got, want, dim=-1).min())
+    cos = F.cosine_similarity(got, want, dim=-1)
+    return float(cos.min() if reduce == "min" else cos.mean())
 
 
 def check_text_onnx(
