@@ -19,7 +19,7 @@ def _rank_r_conv(rank: int, n: int = 8, c: int = 6, k: int = 3, **kw: int) -> nn
 
 def test_als_recovers_an_exact_low_rank_kernel() -> None:
     conv = _rank_r_conv(3)
-    factors, error = cp_decompose(conv.weight, 3, iterations=200)
+    factors, error = cp_decompose(conv.weight, 3, iterations=100)
     assert [f.shape for f in factors] == [(8, 3), (6, 3), (3, 3), (3, 3)]
     assert error < 1e-4
     _, too_small = cp_decompose(conv.weight, 1, iterations=50)
@@ -30,7 +30,7 @@ def test_cp_chain_reproduces_the_conv_and_keeps_geometry() -> None:
     torch.manual_seed(0)
     conv = _rank_r_conv(4, padding=1, stride=2, bias=True)
     x = torch.randn(2, 6, 11, 11)
-    chain = cp_split(conv, 4, iterations=300)
+    chain = cp_split(conv, 4, iterations=100)
     assert [m.kernel_size for m in chain] == [(1, 1), (3, 1), (1, 3), (1, 1)]
     assert chain[1].groups == chain[2].groups == 4
     assert chain(x).shape == conv(x).shape
