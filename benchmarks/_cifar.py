@@ -134,5 +134,22 @@ def load_cifar(args: argparse.Namespace, limit: int | None) -> Any:
     return data
 
 
+def training_budget(args: argparse.Namespace, cpu_epochs: int, gpu_epochs: int) -> Any:
+    """Check ``--device``, fill the CPU or GPU budget (epochs; a 20 000-image subset on CPU),
+    set threads and seed, and load CIFAR-10 for it."""
+    import warnings
+
+    check_device(args.device)
+    gpu = args.device.startswith("cuda")
+    if args.epochs is None:
+        args.epochs = gpu_epochs if gpu else cpu_epochs
+    if args.train_limit is None and not gpu:
+        args.train_limit = 20000
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    warnings.filterwarnings("ignore")
+    return load_cifar(args, args.train_limit)
+
+
 def result_name(name: str, args: argparse.Namespace) -> str:
     return f"{name}_smoke" if args.smoke else name

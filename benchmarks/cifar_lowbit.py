@@ -18,18 +18,16 @@ import argparse
 import hashlib
 import json
 import time
-import warnings
 from typing import Any
 
 import torch
 from _cifar import (
     PUBLISHED_ACC,
     add_device_args,
-    check_device,
-    load_cifar,
     published,
     result_name,
     train_config,
+    training_budget,
 )
 from _common import ARTIFACTS, RESULTS, write_results
 
@@ -147,16 +145,7 @@ def main() -> None:
     parser.add_argument("--agreement", type=int, default=500, help="test images, packed check")
     add_device_args(parser)
     args = parser.parse_args()
-    check_device(args.device)
-    gpu = args.device.startswith("cuda")
-    if args.epochs is None:
-        args.epochs = 60 if gpu else 2
-    if args.train_limit is None and not gpu:
-        args.train_limit = 20000
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    warnings.filterwarnings("ignore")
-    data = load_cifar(args, args.train_limit)
+    data = training_budget(args, cpu_epochs=2, gpu_epochs=60)
     base = published("resnet20")
     base_metrics = evaluate_accuracy(base, data, batch_size=500)
     base_bytes, fmt = artifact_bytes(base)

@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-import warnings
 from typing import Any
 
 import torch
 from _cifar import (
     add_device_args,
     cached_train,
-    check_device,
-    load_cifar,
     published,
     result_name,
     train_config,
+    training_budget,
 )
 from _common import ARTIFACTS, write_results
 from torch import nn
@@ -397,16 +395,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     add_device_args(parser)
     args = parser.parse_args()
-    check_device(args.device)
-    gpu = args.device.startswith("cuda")
-    if args.epochs is None:
-        args.epochs = 40 if gpu else 1
-    if args.train_limit is None and not gpu:
-        args.train_limit = 20000
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    warnings.filterwarnings("ignore")
-    data = load_cifar(args, args.train_limit)
+    data = training_budget(args, cpu_epochs=1, gpu_epochs=40)
     start = time.perf_counter()
     if "li2017" in args.only:
         print("== li2017", flush=True)
