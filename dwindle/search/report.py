@@ -31,6 +31,34 @@ def _plt() -> Any:
     return plt
 
 
+def _figure(height: float = 4.0) -> tuple[Any, Any]:
+    """A new 6-inch-wide figure and its axes on the non-interactive backend."""
+    return _plt().subplots(figsize=(6, height))
+
+
+def _save(
+    fig: Any,
+    ax: Any,
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str | None = None,
+    legend: bool = True,
+) -> Path:
+    """Label ``ax``, write ``fig`` to ``path`` and close it (figures pile up in long searches)."""
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return Path(path)
+
+
 def best_so_far(values: Sequence[float], direction: str = "maximize") -> list[float]:
     """Running best of ``values`` (NaN entries, e.g. pruned trials, keep the previous best)."""
     out: list[float] = []
@@ -50,22 +78,14 @@ def _complete(study: Any) -> list[Any]:
 
 def plot_history(study: Any, path: str | Path, objective: str = "objective") -> Path:
     """Objective of every completed trial and the best so far (single-objective studies)."""
-    plt = _plt()
     trials = _complete(study)
     direction = study.directions[0].name.lower()
     xs = [t.number for t in trials]
     ys = [t.values[0] for t in trials]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure()
     ax.scatter(xs, ys, s=14, label="trial")
     ax.step(xs, best_so_far(ys, direction), where="post", color="C3", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(objective)
-    ax.set_title("optimisation history")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, path, title="optimisation history", xlabel="trial", ylabel=objective)
 
 
 def plot_best_so_far(
@@ -76,8 +96,7 @@ def plot_best_so_far(
     reference: Mapping[str, float] | None = None,
 ) -> Path:
     """Mean (± min/max band) best-so-far curve per sampler, over several seeds."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure()
     for i, (name, runs) in enumerate(curves.items()):
         n = min(len(r) for r in runs)
         arr = np.array([list(r)[:n] for r in runs], dtype=float)
@@ -88,14 +107,14 @@ def plot_best_so_far(
         )
     for j, (name, value) in enumerate((reference or {}).items()):
         ax.axhline(value, color="grey", linestyle=["--", ":", "-."][j % 3], label=name)
-    ax.set_xlabel("trials")
-    ax.set_ylabel(f"best {ylabel} so far")
-    ax.set_title("best so far per sampler")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(
+        fig,
+        ax,
+        path,
+        title="best so far per sampler",
+        xlabel="trials",
+        ylabel=f"best {ylabel} so far",
+    )
 
 
 def plot_importances(study: Any, path: str | Path, target_index: int = 0) -> Path | None:
@@ -117,16 +136,12 @@ def plot_importances(study: Any, path: str | Path, target_index: int = 0) -> Pat
         return None
     if not imp:
         return None
-    plt = _plt()
     names = list(imp)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.5))
+    fig, ax = _figure(0.4 * len(names) + 1.5)
     ax.barh(names, [imp[n] for n in names])
-    ax.set_xlabel("importance (fANOVA)")
-    ax.set_title("parameter importances")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(
+        fig, ax, path, title="parameter importances", xlabel="importance (fANOVA)", legend=False
+    )
 
 
 def plot_pareto(
@@ -139,8 +154,7 @@ def plot_pareto(
     marks: Mapping[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Scatter of all trials on objectives ``x`` and ``y``; the front drawn as a line."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _figure()
     ax.scatter([p[x] for p in points], [p[y] for p in points], s=14, color="C0", label="trial")
     on = sorted((p for p in points if p["number"] in set(front)), key=lambda p: p[x])
     ax.plot([p[x] for p in on], [p[y] for p in on], "o-", color="C3", label="Pareto front")
@@ -156,14 +170,7 @@ def plot_pareto(
 
         ax.set_xscale("log")  # sizes spanning decades; minor labels would overlap
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title("Pareto front")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, ax, path, title="Pareto front", xlabel=x, ylabel=y)
 
 
 def _fmt(v: Any) -> str:
