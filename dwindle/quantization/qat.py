@@ -11,34 +11,33 @@ int8 → int32 matmuls (``dwindle.quantization.packing``).
 
 With ``act_bits=1`` and ``weight_method="binary"`` the same machinery trains a BNN (Hubara,
 Courbariaux et al. 2016): ``sign`` after every activation function, binary weights.
+
+This module holds the config and the verbs; the layers are in ``qat_layers``, their placement
+in the model's graph in ``qat_graph`` and the conversion in ``qat_convert``.
 """
 
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import model_validator
-from torch import Tensor, fx, nn
+from torch import nn
 
 from dwindle.config import StageContext, TargetedConfig, register_technique
 from dwindle.errors import ConfigError
 from dwindle.quantization.fake_quant import UNIFORM_BITS, FakeQuantize
-from dwindle.quantization.lowbit import (
-    METHOD_BITS,
-    WeightQuantizer,
-    binary_activation,
-    make_weight_quantizer,
-    pack_layer,
-    quantizable_layers,
-    set_module,
+from dwindle.quantization.lowbit import METHOD_BITS, quantizable_layers, set_module
+from dwindle.quantization.qat_convert import convert_qat
+from dwindle.quantization.qat_graph import (
+    observed_weight_quantizer,
+    place_act_quant,
+    swap_layers,
+    trace_for_qat,
 )
-from dwindle.quantization.lsq import LSQActivation, LSQWeight
-from dwindle.quantization.packing import PACKED_FORMAT, PackedLayer
+from dwindle.quantization.qat_layers import BinaryActivation, QATLayer, fold_bn
 from dwindle.training import Callback, TrainConfig, TrainState, train
 
 __all__ = [
@@ -51,108 +50,6 @@ __all__ = [
     "prepare_qat",
     "qat",
 ]
-
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-_ACT_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.ELU,
-    nn.Hardswish,
-)
-_ACT_FUNCS = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.hardtanh,
-    F.gelu,
-    F.silu,
-    torch.sigmoid,
-    torch.tanh,
-    F.leaky_relu,
-    F.elu,
-}
-_ACT_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
-_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
-_AVG_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_AVG_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
-# Ops that keep values on their input's quantisation grid (the integer model runs them on ints).
-_GRID_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-_GRID_FUNCS = {torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout}
-_GRID_METHODS = {"view", "reshape", "flatten", "contiguous"}
-
-
-def fold_bn(
-    weight: Tensor, bias: Tensor | None, bn: nn.modules.batchnorm._BatchNorm
-) -> tuple[Tensor, Tensor]:
-    """Weight and bias of ``layer`` followed by ``bn`` in eval mode, as one layer (Jacob §3.2).
-
-    ``w' = w · γ/σ`` per output channel and ``b' = (b - μ) · γ/σ + β`` with
-    ``σ = sqrt(running_var + eps)``.
-    """
-    std = torch.sqrt(bn.running_var + bn.eps)
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
-    factor = gamma / std
-    w = weight * factor.reshape((-1,) + (1,) * (weight.dim() - 1))
-    b = bias if bias is not None else torch.zeros_like(std)
-    return w, (b - bn.running_mean) * factor + beta
-
-
-class QATLayer(nn.Module):
-    """A Linear/Conv (optionally with its following BatchNorm folded in) with fake-quant weights.
-
-    Training with BN: the folded weight is quantised, the convolution's output is divided by
-    ``γ/σ`` again and normalised with batch statistics, so BN keeps learning. Eval (or after
-    ``bn_frozen``): exactly the folded layer the integer model will run.
-    """
-
-    def __init__(
-        self, layer: nn.Module, weight_quant: WeightQuantizer, bn: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.layer, self.weight_quant, self.bn = layer, weight_quant, bn
-        self.bn_frozen = False
-        self.quant_enabled = True
-
-    def _op(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        if isinstance(self.layer, nn.Linear):
-            return F.linear(x, w, b)
-        return self.layer._conv_forward(x, w, b)  # type: ignore[operator]
-
-    def _q(self, w: Tensor) -> Tensor:
-        return self.weight_quant(w) if self.quant_enabled else w
-
-    def folded(self) -> tuple[Tensor, Tensor | None]:
-        """The float weight and bias this layer computes with in eval (BN folded in)."""
-        if self.bn is None:
-            return self.layer.weight, self.layer.bias
-        return fold_bn(self.layer.weight, self.layer.bias, self.bn)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.bn is None or not self.training or self.bn_frozen:
-            w, b = self.folded()
-            return self._op(x, self._q(w), b)
-        bn = self.bn
-        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        w, _ = fold_bn(self.layer.weight, None, bn)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        y = self._op(x, self._q(w), None) / factor.reshape(shape)
-        if self.layer.bias is not None:
-            y = y + self.layer.bias.reshape(shape)
-        return bn(y)
-
-
-class BinaryActivation(nn.Module):
-    """``sign(x)`` with the hard-tanh straight-through gradient (BNN activations)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return binary_activation(x)
 
 
 Method = Literal["uniform", "ternary", "binary"]
@@ -217,132 +114,6 @@ class QAT(TargetedConfig):
         return self
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(
-            m, QATLayer | PackedLayer | FakeQuantize | BinaryActivation
-        ) or super().is_leaf_module(m, qualname)
-
-
-def _trace(model: nn.Module, config: QAT) -> fx.GraphModule:
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises many types for untraceable Python
-        raise ConfigError(
-            f"qat: cannot trace {type(model).__name__} with torch.fx to place activation "
-            f"quantisers and fold batch norm ({type(exc).__name__}: {str(exc)[:200]}). Make "
-            "forward free of data-dependent Python control flow, or pass act_bits=None and "
-            "fold_bn=False for weight-only QAT by module swap"
-        ) from None
-    for node in graph.nodes:
-        # String annotations (``from __future__ import annotations``) become globals that a
-        # GraphModule cannot pickle; the types carry nothing QAT needs.
-        if isinstance(node.type, str):
-            node.type = None
-    return fx.GraphModule(model, graph, type(model).__name__)
-
-
-def _is(
-    node: fx.Node, gm: fx.GraphModule, mods: tuple[type, ...], funcs: set[Any], methods: set[str]
-) -> bool:
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(str(node.target)), mods)
-    if node.op == "call_function":
-        return node.target in funcs
-    return node.op == "call_method" and node.target in methods
-
-
-def _is_act(node: fx.Node, gm: fx.GraphModule) -> bool:
-    return _is(node, gm, _ACT_MODULES, _ACT_FUNCS, _ACT_METHODS)
-
-
-def _insert_after(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
-    name = f"{node.name}_aq"
-    gm.add_submodule(name, module)
-    with gm.graph.inserting_after(node):
-        new = gm.graph.call_module(name, (node,))
-    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
-
-
-def _swap_layers(gm: fx.GraphModule, config: QAT, context: StageContext | None) -> int:
-    chosen = dict(
-        quantizable_layers(
-            gm, config.targets, config.exclude, config.on_unsupported, "qat", context
-        )
-    )
-    folded = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or node.target not in chosen:
-            continue
-        layer = chosen[node.target]
-        users = list(node.users)
-        bn = None
-        if config.fold_bn and len(users) == 1 and users[0].op == "call_module":
-            candidate = gm.get_submodule(str(users[0].target))
-            if isinstance(candidate, _BN) and candidate.track_running_stats:
-                bn = candidate
-                users[0].replace_all_uses_with(node)
-                gm.graph.erase_node(users[0])
-                gm.delete_submodule(str(users[0].target))  # it now lives inside the QATLayer
-                folded += 1
-        wq = _weight_quantizer(config)
-        qlayer = QATLayer(layer, wq, bn)
-        if isinstance(wq, LSQWeight):
-            with torch.no_grad():
-                wq.init_from(qlayer.folded()[0])
-        set_module(gm, str(node.target), qlayer)
-    return folded
-
-
-def _weight_quantizer(config: QAT) -> WeightQuantizer:
-    if config.learned_ranges:
-        return LSQWeight(config.weight_bits, config.per_channel)
-    return make_weight_quantizer(
-        config.weight_method,
-        config.weight_bits,
-        config.per_channel,
-        config.weight_observer,
-        config.rounding,
-        config.scaled,
-    )
-
-
-def _feeds_float_layer(node: fx.Node, gm: fx.GraphModule) -> bool:
-    """Whether ``node``'s value reaches only weighted layers kept float (through grid ops)."""
-    users = list(node.users)
-    while len(users) == 1 and _is(users[0], gm, _GRID_MODULES, _GRID_FUNCS, _GRID_METHODS):
-        users = list(users[0].users)
-    return bool(users) and all(
-        u.op == "call_module"
-        and not isinstance(gm.get_submodule(str(u.target)), QATLayer)
-        and any(True for _ in gm.get_submodule(str(u.target)).parameters(recurse=False))
-        for u in users
-    )
-
-
-def _place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
-    bits = config.act_bits
-    for node in list(gm.graph.nodes):
-        if bits == 1:
-            if _is_act(node, gm):
-                _insert_after(gm, node, BinaryActivation())
-            continue
-        after = node.op == "placeholder" or _is_act(node, gm)
-        after |= _is(node, gm, (), _ADD_FUNCS, {"add", "add_"})
-        after |= _is(node, gm, _AVG_MODULES, _AVG_FUNCS, set())
-        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QATLayer):
-            after |= not node.users or not all(_is_act(u, gm) for u in node.users)
-        if after:
-            edge = node.op == "placeholder" or _feeds_float_layer(node, gm)
-            b = (config.input_bits or bits) if edge else bits
-            fq: FakeQuantize = (
-                LSQActivation(b)  # type: ignore[arg-type]
-                if config.learned_ranges
-                else FakeQuantize(b, symmetric=False, observer=config.act_observer)  # type: ignore[arg-type]
-            )
-            _insert_after(gm, node, fq)
-
-
 def prepare_qat(model: nn.Module, config: QAT, context: StageContext | None = None) -> nn.Module:
     """A new model (``model`` is untouched) with fake-quant weights, folded BN, act quantisers."""
     src = copy.deepcopy(model)
@@ -351,69 +122,19 @@ def prepare_qat(model: nn.Module, config: QAT, context: StageContext | None = No
             src, config.targets, config.exclude, config.on_unsupported, "qat", context
         )
         for name, layer in layers:
-            wq = make_weight_quantizer(
-                config.weight_method,
-                config.weight_bits,
-                config.per_channel,
-                config.weight_observer,
-                config.rounding,
-                config.scaled,
-            )
-            set_module(src, name, QATLayer(layer, wq))
+            set_module(src, name, QATLayer(layer, observed_weight_quantizer(config)))
         src.dwindle_qat = config
         return src
-    gm = _trace(src, config)
-    folded = _swap_layers(gm, config, context)
+    gm = trace_for_qat(src, config)
+    folded = swap_layers(gm, config, context)
     if config.act_bits is not None:
-        _place_act_quant(gm, config)
+        place_act_quant(gm, config)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.dwindle_qat = config
     if context is not None and folded:
         context.note(f"qat: folded {folded} batch-norm layer(s) into the preceding weights")
-    return gm
-
-
-def _input_quant(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    """The activation quantiser whose grid the layer's input lies on, through grid-keeping ops."""
-    src = node.args[0] if node.args else None
-    while isinstance(src, fx.Node):
-        if src.op == "call_module":
-            mod = gm.get_submodule(str(src.target))
-            if isinstance(mod, FakeQuantize | BinaryActivation):
-                return mod
-        if not _is(src, gm, _GRID_MODULES, _GRID_FUNCS, _GRID_METHODS):
-            return None
-        src = src.args[0] if src.args else None
-    return None
-
-
-def convert_qat(qat_model: nn.Module) -> nn.Module:
-    """A new packed integer model from a QAT model: codes bit-packed, int8 matmuls where the
-    input is on an int8 grid, activation ranges frozen."""
-    gm = copy.deepcopy(qat_model).eval()
-    for module in gm.modules():
-        if isinstance(module, FakeQuantize):
-            module.observing = False
-    graph_nodes = list(gm.graph.nodes) if isinstance(gm, fx.GraphModule) else []
-    by_name = {str(n.target): n for n in graph_nodes if n.op == "call_module"}
-    for name, module in list(gm.named_modules()):
-        if not isinstance(module, QATLayer):
-            continue
-        with torch.no_grad():
-            w, b = module.folded()
-            packed = pack_layer(module.layer, module.weight_quant, w, b)
-        node = by_name.get(name)
-        quant = _input_quant(gm, node) if node is not None else None  # type: ignore[arg-type]
-        if isinstance(quant, FakeQuantize) and quant.bits <= 8 and quant.scale.dim() == 0:
-            packed.set_input_quant(quant.scale, quant.zero_point, unsigned=not quant.symmetric)
-        elif isinstance(quant, BinaryActivation):
-            packed.set_input_quant(torch.tensor(1.0), torch.tensor(0.0), unsigned=False)
-        set_module(gm, name, packed)
-    if isinstance(gm, fx.GraphModule):
-        gm.recompile()
-    gm.dwindle_format = PACKED_FORMAT
     return gm
 
 
