@@ -25,11 +25,22 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, RESULTS, write_results
+from _common import RESULTS, write_results
+from _minilm import (
+    PAPER_STSB,
+    SEQ,
+    cached,
+    log,
+    make_input,
+    measure_against_fp32,
+    measure_rows,
+    run_name,
+    structure,
+    teacher_sentences,
+)
 from torch import nn
 
-from dwindle.export import load_weights, save
-from dwindle.metrics import artifact_bytes, count_nonzeros, count_params, measure_latency
+from dwindle.metrics import artifact_bytes, count_params, measure_latency
 from dwindle.nlp import (
     EmbeddingDistill,
     count_heads,
@@ -38,24 +49,13 @@ from dwindle.nlp import (
     head_importance,
     heads_to_prune,
     load_encoder,
-    load_sst2,
     load_stsb,
     prune_heads_,
-    sst2_accuracy,
     stsb_spearman,
-    transfer_sentences,
 )
 from dwindle.nlp.encoder import encoder_layers
 from dwindle.nlp.layers import keep_pattern
 
-NAME = "minilm"
-SEQ = 128
-SST2_TRAIN = 2000  # SST-2 train rows the logistic head is fitted on (dev: all 872)
-PAPER_STSB = {
-    "spearman": 82.03,
-    "split": "test",
-    "source": "all-MiniLM-L6-v2 model card / MTEB STSBenchmark",
-}
 COLUMNS = [
     ("part", "metrics.part"),
     ("how", "metrics.scheme"),
@@ -70,121 +70,10 @@ COLUMNS = [
     ("paper Spearman", "paper.spearman"),
 ]
 
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def structure(model: nn.Module) -> dict[str, Any]:
-    try:
-        heads = count_heads(model)
-        return {"heads": sum(heads), "layers": len(heads), "heads_per_layer": heads}
-    except Exception:
-        return {}
-
-
-def make_input(
-    model: nn.Module, dev: list, pad_to: int | None = SEQ
-) -> Callable[[int], torch.Tensor]:
-    sentences = [p.sentence1 for p in dev]
-    cache: dict[int, torch.Tensor] = {}
-
-    def make(b: int) -> torch.Tensor:
-        if b not in cache:
-            cache[b] = model.tokenize(sentences[:b], pad_to=pad_to)
-        return cache[b]
-
-    return make
-
-
-def measure_rows(
-    part: str,
-    models: dict[str, nn.Module],
-    dev: list,
-    *,
-    runs: int,
-    schemes: dict[str, str],
-    extra: dict[str, dict[str, Any]] | None = None,
-    spearman_skip: tuple[str, ...] = (),
-    sst2: tuple[str, ...] = (),
-) -> list[dict[str, Any]]:
-    base = next(iter(models.values()))
-    rows = []
-    metrics: dict[str, dict[str, Any]] = {}
-    for name, model in models.items():
-        m: dict[str, Any] = {"part": part, "scheme": schemes.get(name, "")}
-        if name not in spearman_skip:
-            t = time.perf_counter()
-            m["spearman"] = stsb_spearman(model, dev)["spearman"]
-            log(f"{name}: Spearman {m['spearman']:.2f} ({time.perf_counter() - t:.0f} s)")
-        m["params"] = count_params(model)
-        m["nonzeros"] = count_nonzeros(model)
-        m["bytes"], m["artifact"] = artifact_bytes(model)
-        m.update(structure(model) or structure(getattr(model, "inner", model)))
-        m.update((extra or {}).get(name, {}))
-        metrics[name] = m
-    if sst2:
-        train, test = load_sst2("train")[:SST2_TRAIN], load_sst2("dev")
-        for name in sst2:
-            t = time.perf_counter()
-            acc = sst2_accuracy(models[name], train, test)["sst2_accuracy"]
-            metrics[name].update(sst2_accuracy=acc, sst2_train_rows=len(train))
-            log(f"{name}: SST-2 {acc:.4f} ({time.perf_counter() - t:.0f} s)")
-    log(f"latency b1/b32 at {SEQ} tokens, {runs} interleaved rounds: {', '.join(models)}")
-    lat = measure_latency(models, make_input(base, dev), (1, 32), warmup=2, runs=runs)
-    # realistic lengths: the same sentences padded only to the longest in the batch
-    real = measure_latency(models, make_input(base, dev, None), (1, 32), warmup=2, runs=runs)
-    base_name = next(iter(models))
-    for name in models:
-        m = metrics[name]
-        m["latency_ms"] = lat[name]
-        m["latency_ms_real_lengths"] = real[name]
-        for b in (1, 32):
-            m[f"speedup_b{b}"] = lat[base_name][f"b{b}"]["p50"] / lat[name][f"b{b}"]["p50"]
-        log(f"{name}: b1 {lat[name]['b1']['p50']:.1f} ms, b32 {lat[name]['b32']['p50']:.0f} ms")
-        row = {"variant": name, "model": "all-MiniLM-L6-v2", "dataset": "stsb", "split": "dev"}
-        row["metrics"] = m
-        if name.startswith("fp32"):
-            row["paper"] = PAPER_STSB
-        rows.append(row)
-    return rows
-
-
-# --- caching --------------------------------------------------------------------------------
-
-
-def cached(name: str, teacher: nn.Module, build: Callable[[], tuple[nn.Module, dict]]) -> nn.Module:
-    """A compressed model from artifacts (plan JSON + safetensors), else built and saved."""
-    stem = ARTIFACTS / f"{NAME}-{name}"
-    weights, plan_file = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    if weights.exists() and plan_file.exists():
-        plan = json.loads(plan_file.read_text())
-        model = copy.deepcopy(teacher)
-        if "keep_layers" in plan:
-            drop_layers_(model, plan["keep_layers"])
-        for step in plan.get("head_steps", []):
-            prune_heads_(model, {int(k): v for k, v in step.items()})
-        load_weights(model, weights)
-        log(f"{name}: restored from {weights.name}")
-        model.dwindle_plan = plan
-        return model.eval()
-    model, plan = build()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    save(model, weights, "safetensors")
-    plan_file.write_text(json.dumps(plan, indent=1))
-    model.dwindle_plan = plan
-    return model.eval()
-
-
-def teacher_sentences(limit: int) -> list[str]:
-    # Transfer set: STS-B train + SST-2 train sentences, no labels; dev is never trained on.
-    return transfer_sentences(load_stsb("train"), load_sst2("train"), limit=limit, seed=0)
-
-
 # --- parts ----------------------------------------------------------------------------------
 
 
-def part_int8(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]]:
+def part_int8(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list[dict[str, Any]]:
     import tempfile
     from pathlib import Path
 
@@ -224,7 +113,7 @@ def part_int8(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]]:
         "int8",
         models,
         dev,
-        runs=runs,
+        runs=args.runs,
         schemes=schemes,
         extra=extra,
         sst2=("fp32", "int8_dynamic"),
@@ -262,7 +151,7 @@ def part_int8(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def part_heads(teacher: nn.Module, dev: list, runs: int, args: argparse.Namespace) -> list[dict]:
+def part_heads(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list[dict]:
     import random
 
     total = sum(count_heads(teacher))
@@ -292,31 +181,24 @@ def part_heads(teacher: nn.Module, dev: list, runs: int, args: argparse.Namespac
         log(f"heads: recovery {hist}")
         return model, {"head_steps": steps, "spearman_before_recovery": before, "recovery": hist}
 
-    pruned = cached(f"heads{target}", teacher, build)
+    pruned = cached(f"heads{target}", teacher, build, args)
     plan = pruned.dwindle_plan
-    extra = {
-        "heads40": {
+    return measure_against_fp32(
+        "heads",
+        teacher,
+        "heads40",
+        pruned,
+        dev,
+        args,
+        scheme=f"Michel et al. importance, {len(plan['head_steps'])} steps, distillation recovery",
+        extra={
             "spearman_before_recovery": plan.get("spearman_before_recovery"),
             "recovery_sentences": plan.get("recovery", {}).get("sentences"),
-        }
-    }
-    schemes = {
-        "fp32@heads": "torch eager fp32",
-        "heads40": f"Michel et al. importance, {len(plan['head_steps'])} steps, "
-        "distillation recovery",
-    }
-    return measure_rows(
-        "heads",
-        {"fp32@heads": teacher, "heads40": pruned},
-        dev,
-        sst2=("fp32@heads", "heads40"),
-        runs=runs,
-        schemes=schemes,
-        extra=extra,
+        },
     )
 
 
-def part_3layer(teacher: nn.Module, dev: list, runs: int, args: argparse.Namespace) -> list[dict]:
+def part_3layer(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list[dict]:
     keep = keep_pattern(len(encoder_layers(teacher)), 3)
 
     def build() -> tuple[nn.Module, dict]:
@@ -332,27 +214,21 @@ def part_3layer(teacher: nn.Module, dev: list, runs: int, args: argparse.Namespa
             "distill": hist,
         }
 
-    student = cached("3layer", teacher, build)
+    student = cached("3layer", teacher, build, args)
     plan = student.dwindle_plan
-    extra = {
-        "student_3layer": {
+    return measure_against_fp32(
+        "3layer",
+        teacher,
+        "student_3layer",
+        student,
+        dev,
+        args,
+        scheme=f"teacher layers {plan['keep_layers']}, MSE to teacher embeddings",
+        extra={
             "spearman_before_distillation": plan.get("spearman_before_distillation"),
             "transfer_sentences": plan.get("distill", {}).get("sentences"),
             "kept_layers": plan["keep_layers"],
-        }
-    }
-    schemes = {
-        "fp32@3layer": "torch eager fp32",
-        "student_3layer": f"teacher layers {plan['keep_layers']}, MSE to teacher embeddings",
-    }
-    return measure_rows(
-        "3layer",
-        {"fp32@3layer": teacher, "student_3layer": student},
-        dev,
-        sst2=("fp32@3layer", "student_3layer"),
-        runs=runs,
-        schemes=schemes,
-        extra=extra,
+        },
     )
 
 
@@ -363,7 +239,7 @@ FFN = (
 )
 
 
-def part_extras(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]]:
+def part_extras(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Techniques from the other issues on MiniLM, no recovery: what they cost and save."""
     import tempfile
     from pathlib import Path
@@ -396,11 +272,19 @@ def part_extras(teacher: nn.Module, dev: list, runs: int) -> list[dict[str, Any]
         "drop_to_4_layers": "layers [0, 2, 4, 5] kept, no distillation",
     }
     extra = {"fp32@extras": {"onnx_fp32_cosine_min": onnx_cos, "onnx_fp32_bytes": onnx_bytes}}
-    return measure_rows("extras", models, dev, runs=runs, schemes=schemes, extra=extra)
+    return measure_rows("extras", models, dev, runs=args.runs, schemes=schemes, extra=extra)
 
 
-def merge(rows: list[dict[str, Any]], notes: list[str]) -> None:
-    path = RESULTS / f"{NAME}.json"
+PARTS: dict[str, Callable[[nn.Module, list, argparse.Namespace], list[dict[str, Any]]]] = {
+    "int8": part_int8,
+    "heads": part_heads,
+    "3layer": part_3layer,
+    "extras": part_extras,
+}
+
+
+def merge(rows: list[dict[str, Any]], notes: list[str], name: str) -> None:
+    path = RESULTS / f"{name}.json"
     old = json.loads(path.read_text())["rows"] if path.exists() else []
     names = {r["variant"] for r in rows}
     merged = [r for r in old if r["variant"] not in names] + rows
@@ -417,7 +301,7 @@ def merge(rows: list[dict[str, Any]], notes: list[str]) -> None:
     if {"fp32@3layer", "student_3layer"} <= present:
         targets["minilm_3layer"] = {"baseline": "fp32@3layer", "candidate": "student_3layer"}
     write_results(
-        NAME,
+        name,
         merged,
         targets,
         columns=COLUMNS,
@@ -439,9 +323,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny run into minilm_smoke.json")
     parser.add_argument("--model", default="minilm", help="model folder (smoke tests)")
     args = parser.parse_args()
-    global NAME
     if args.smoke:
-        NAME = "minilm_smoke"
         args.runs, args.importance_pairs = 1, 32
         args.recover_sentences = args.distill_sentences = 64
     warnings.filterwarnings("ignore")
@@ -463,15 +345,7 @@ def main() -> None:
     ]
     for part in parts:
         t = time.perf_counter()
-        if part == "int8":
-            rows = part_int8(teacher, dev, args.runs)
-        elif part == "heads":
-            rows = part_heads(teacher, dev, args.runs, args)
-        elif part == "3layer":
-            rows = part_3layer(teacher, dev, args.runs, args)
-        else:
-            rows = part_extras(teacher, dev, args.runs)
-        merge(rows, notes)
+        merge(PARTS[part](teacher, dev, args), notes, run_name(args))
         log(f"part {part} done in {time.perf_counter() - t:.0f} s")
 
 
