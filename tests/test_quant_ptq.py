@@ -88,6 +88,37 @@ def test_onnx_artifact_holds_integer_ops_and_int8_weights(ort_static, tmp_path) 
     assert "QLinearConv" in fused and "QGemm" in fused
 
 
+def test_qoperator_format_is_smaller_and_agrees_with_qdq(conv_model, ort_static, digits) -> None:
+    import onnx
+
+    qop = quantize_int8(
+        conv_model, Int8Static(onnx_format="qoperator"), calibration=digits.calib(128)
+    )
+    ops = {n.op_type for n in onnx.load_from_string(qop.onnx_bytes).graph.node}
+    assert {"QLinearConv", "QGemm"} <= ops and "Conv" not in ops
+    assert len(qop.onnx_bytes) < len(ort_static.onnx_bytes)
+    assert "QOperator" in qop.scheme and "QDQ" in ort_static.scheme
+    x = digits.example_input(64)
+    with torch.no_grad():  # same calibration, same quantization parameters
+        assert (qop(x).argmax(1) == ort_static(x).argmax(1)).float().mean() >= 0.98
+        assert _cosine(qop(x), ort_static(x)) > 0.999
+    with pytest.raises(ConfigError, match="onnx_format"):
+        Int8Dynamic(onnx_format="qoperator")
+    with pytest.raises(ConfigError, match="onnx_format"):
+        Int8Static(backend="torchao", onnx_format="qoperator")
+
+
+def test_compact_onnx_names_are_short_and_unique(ort_static) -> None:
+    import onnx
+
+    graph = onnx.load_from_string(ort_static.onnx_bytes).graph
+    names = [i.name for i in graph.initializer] + [o for n in graph.node for o in n.output]
+    assert len(names) == len(set(names))
+    assert all(len(n) <= 2 for n in names if n != "output")
+    assert not any(n.HasField("name") or n.HasField("doc_string") for n in graph.node)
+    assert not any(v.metadata_props for v in [*graph.input, *graph.output])
+
+
 def test_torchao_static_runs_onednn_integer_kernels(ao_static, digits) -> None:
     ao_static(digits.example_input(3))
     targets = {str(n.target) for n in ao_static._runner.graph.nodes}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from dwindle.config import StageContext, TargetedConfig, register_technique
@@ -47,7 +47,12 @@ class PTQ(TargetedConfig):
     calibration activations into ranges. ``reduce_range`` (static): 7-bit weights (onnxruntime)
     or activations (torchao) in 8-bit storage, so uint8 x int8 kernels cannot saturate their
     int16 pair sums; None (the default) turns it on for x86 CPUs without VNNI, where both
-    backends' kernels saturate. Layers matching ``exclude`` (or not ``targets``) stay float.
+    backends' kernels saturate. ``onnx_format`` (static, onnxruntime): "qdq" writes
+    Quantize/DequantizeLinear pairs around float ops (portable to other ONNX runtimes;
+    onnxruntime fuses them into integer kernels when it loads the file); "qoperator" writes the
+    integer ops themselves (QLinearConv, QGemm, QLinearAdd): the graph onnxruntime runs anyway,
+    in a smaller file (no separate Q/DQ nodes, no bias scales), but with onnxruntime-only ops.
+    Layers matching ``exclude`` (or not ``targets``) stay float.
     """
 
     mode: Literal["static", "dynamic"] = "static"
@@ -56,6 +61,17 @@ class PTQ(TargetedConfig):
     calibration_samples: int = Field(256, ge=1, le=100_000)
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     reduce_range: bool | None = None
+    onnx_format: Literal["qdq", "qoperator"] = "qdq"
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> PTQ:
+        if self.onnx_format != "qdq" and (self.backend != "onnxruntime" or self.mode != "static"):
+            raise ValueError(
+                f"onnx_format={self.onnx_format!r} applies to static int8 with the onnxruntime "
+                f"backend (got mode={self.mode!r}, backend={self.backend!r}); drop onnx_format "
+                "or use Int8Static(backend='onnxruntime', onnx_format='qoperator')"
+            )
+        return self
 
 
 class Int8Static(PTQ):
@@ -172,6 +188,7 @@ def quantize(
                 float_modules=keep_float,
                 method=config.method,
                 reduce_range=config.reduce_range,
+                onnx_format=config.onnx_format,
                 flops=flops,
             )
         else:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import platform
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -74,27 +76,36 @@ def compact_onnx(proto: Any) -> Any:
     graph = proto.graph
     if any(a.g.node or a.graphs for n in graph.node for a in n.attribute):
         return proto  # subgraphs (If/Loop) keep their names: renaming them is not worth it
-    proto.doc_string = ""
+    proto.ClearField("doc_string")
     del proto.metadata_props[:]
-    graph.doc_string = ""
+    graph.ClearField("doc_string")
     del graph.metadata_props[:]  # the exporter's graph signature: 25 KB on a ResNet-56
     del graph.value_info[:]
+    for value in [*graph.input, *graph.output]:
+        del value.metadata_props[:]
+        value.ClearField("doc_string")
     keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
-    names: dict[str, str] = {}
+    uses = Counter(
+        name
+        for name in [
+            *(i.name for i in graph.initializer),
+            *(x for node in graph.node for x in [*node.input, *node.output]),
+        ]
+        if name not in keep
+    )
+    # The most referenced names get the shortest base-62 names (empty string means "absent").
+    free = (s for s in map(_base62, count()) if s not in keep)
+    names = {name: next(free) for name, _ in uses.most_common()}
 
     def short(name: str) -> str:
-        if name in keep:
-            return name
-        if name not in names:
-            names[name] = format(len(names), "x")
-        return names[name]
+        return names.get(name, name)
 
     for init in graph.initializer:
         init.name = short(init.name)
-        init.doc_string = ""
+        init.ClearField("doc_string")
     for node in graph.node:
-        node.name = ""
-        node.doc_string = ""
+        node.ClearField("name")  # proto2: an empty string set still costs two bytes
+        node.ClearField("doc_string")
         del node.metadata_props[:]
         node.input[:] = [short(i) for i in node.input]
         node.output[:] = [short(o) for o in node.output]
@@ -104,6 +115,17 @@ def compact_onnx(proto: Any) -> Any:
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
     return proto
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _base62(k: int) -> str:
+    out = _DIGITS[k % 62]
+    while k >= 62:
+        k //= 62
+        out = _DIGITS[k % 62] + out
+    return out
 
 
 def _drop_zero_points(graph: Any) -> None:
@@ -326,13 +348,19 @@ def ort_quantize_static(
     float_modules: Sequence[str] = (),
     method: str = "minmax",
     reduce_range: bool | None = None,
+    onnx_format: str = "qdq",
     flops: int | None = None,
 ) -> OrtModule:
-    """Static int8: uint8 activations (calibrated ranges), int8 symmetric weights, QDQ format.
+    """Static int8: uint8 activations (calibrated ranges), int8 symmetric weights.
 
     ``reduce_range``: quantize weights to 7 bits (still stored as int8) so the uint8 x int8
     kernels cannot saturate; None decides by the CPU (:func:`u8s8_saturates`).
+    ``onnx_format``: "qdq" (Q/DQ pairs around float ops) or "qoperator" (QLinearConv etc.
+    in the file: smaller, onnxruntime-specific); see :class:`~dwindle.quantization.PTQ`.
     """
+    formats = {"qdq": "QDQ", "qoperator": "QOperator"}
+    if onnx_format not in formats:
+        raise DwindleError(f"onnx_format must be one of {sorted(formats)}, not {onnx_format!r}")
     if reduce_range is None:
         reduce_range = u8s8_saturates()
     quant = require("onnxruntime.quantization", "quant", "static int8 quantization")
@@ -352,7 +380,7 @@ def ort_quantize_static(
             str(pre),
             str(out),
             _calibration_reader(calibration, proto.graph.input[0].name),
-            quant_format=quant.QuantFormat.QDQ,
+            quant_format=getattr(quant.QuantFormat, formats[onnx_format]),
             per_channel=per_channel,
             activation_type=quant.QuantType.QUInt8,
             weight_type=quant.QuantType.QInt8,
@@ -363,7 +391,7 @@ def ort_quantize_static(
         )
         granularity = "per-channel" if per_channel else "per-tensor"
         weights = ", 7-bit weights: no u8s8 saturation" if reduce_range else ""
-        return _finish(out, f"static int8 QDQ ({granularity}{weights})", flops)
+        return _finish(out, f"static int8 {formats[onnx_format]} ({granularity}{weights})", flops)
 
 
 def ort_quantize_dynamic(
