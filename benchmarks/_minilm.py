@@ -127,7 +127,6 @@ def measure_against_fp32(
     model: nn.Module,
     dev: list,
     args: argparse.Namespace,
-    *,
     scheme: str,
     extra: dict[str, Any],
 ) -> list[dict[str, Any]]:

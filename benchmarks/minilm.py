@@ -183,19 +183,12 @@ def part_heads(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list[
 
     pruned = cached(f"heads{target}", teacher, build, args)
     plan = pruned.dwindle_plan
-    return measure_against_fp32(
-        "heads",
-        teacher,
-        "heads40",
-        pruned,
-        dev,
-        args,
-        scheme=f"Michel et al. importance, {len(plan['head_steps'])} steps, distillation recovery",
-        extra={
-            "spearman_before_recovery": plan.get("spearman_before_recovery"),
-            "recovery_sentences": plan.get("recovery", {}).get("sentences"),
-        },
-    )
+    scheme = f"Michel et al. importance, {len(plan['head_steps'])} steps, distillation recovery"
+    extra = {
+        "spearman_before_recovery": plan.get("spearman_before_recovery"),
+        "recovery_sentences": plan.get("recovery", {}).get("sentences"),
+    }
+    return measure_against_fp32("heads", teacher, "heads40", pruned, dev, args, scheme, extra)
 
 
 def part_3layer(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list[dict]:
@@ -216,19 +209,14 @@ def part_3layer(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list
 
     student = cached("3layer", teacher, build, args)
     plan = student.dwindle_plan
+    scheme = f"teacher layers {plan['keep_layers']}, MSE to teacher embeddings"
+    extra = {
+        "spearman_before_distillation": plan.get("spearman_before_distillation"),
+        "transfer_sentences": plan.get("distill", {}).get("sentences"),
+        "kept_layers": plan["keep_layers"],
+    }
     return measure_against_fp32(
-        "3layer",
-        teacher,
-        "student_3layer",
-        student,
-        dev,
-        args,
-        scheme=f"teacher layers {plan['keep_layers']}, MSE to teacher embeddings",
-        extra={
-            "spearman_before_distillation": plan.get("spearman_before_distillation"),
-            "transfer_sentences": plan.get("distill", {}).get("sentences"),
-            "kept_layers": plan["keep_layers"],
-        },
+        "3layer", teacher, "student_3layer", student, dev, args, scheme, extra
     )
 
 
