@@ -21,36 +21,21 @@ import copy
 import time
 from typing import Any
 
-import torch
-from _cifar import (
-    add_device_args,
-    cached_train,
-    published,
-    result_name,
-    train_config,
-    training_budget,
+from _cifar import add_device_args, published, result_name, training_budget
+from _cifar_prune import (
+    EXAMPLE,
+    budget,
+    finetune,
+    li2017_pruned_b,
+    measure,
+    result_rows,
+    torch_pruning_peer,
 )
 from _common import ARTIFACTS, write_results
-from torch import nn
 
-from dwindle.distillation import DistillConfig, recover_with_distillation
-from dwindle.export import load_weights, save
-from dwindle.metrics import MeasureConfig, compare, count_flops
+from dwindle.metrics import count_flops
 from dwindle.pruning import FilterPruning, prune_filters_
 
-# Li et al. 2017, §4.2: "ResNet-56-pruned-B skips more layers (16, 18, 20, 34, 38, 54) and
-# prunes layers with p = 60 %, 30 % and 10 % for the first, second and third stage". Layer i
-# counts the convs from the stem (1); block k's first conv is layer 2k + 2, so the skipped
-# layers are these blocks' first convs (indexing as in Liu et al. 2019's l1-norm-pruning code).
-LI2017_SKIP = (
-    "layer1.7.conv1",
-    "layer1.8.conv1",
-    "layer2.0.conv1",
-    "layer2.7.conv1",
-    "layer3.0.conv1",
-    "layer3.8.conv1",
-)
-LI2017_RATIOS = {1: 0.6, 2: 0.3, 3: 0.1}
 LI2017_PAPER = {
     "flops_reduction_pct": 27.6,
     "error_pct": 6.94,
@@ -79,98 +64,6 @@ COLUMNS = [
     ("fine-tune", "metrics.finetune"),
     ("ran on", "metrics.ran_on"),
 ]
-EXAMPLE = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-def li2017_pruned_b(base: nn.Module, notes: list[str]) -> nn.Module:
-    """ResNet-56-pruned-B: each block's first conv, L1 filter norm, per-stage ratio, skips."""
-    model = copy.deepcopy(base)
-    for stage, ratio in LI2017_RATIOS.items():
-        cfg = FilterPruning(
-            ratio=ratio,
-            kept="down",  # keep int((1 - p) n) filters, as the reference code does
-            criterion="l1",
-            targets=(f"layer{stage}.*.conv1",),
-            exclude=LI2017_SKIP,
-        )
-        prune_filters_(model, cfg, example_input=EXAMPLE, notes=notes)
-    return model.eval()
-
-
-def torch_pruning_peer(base: nn.Module, ratio: float, restricted: bool) -> nn.Module:
-    """Torch-Pruning's own MagnitudePruner (L1), one shot; ``restricted``: block conv1s only."""
-    import torch_pruning as tp
-
-    peer = copy.deepcopy(base).eval()
-    ignored = []
-    if restricted:
-        ignored = [m for n, m in peer.named_modules() if isinstance(m, nn.Conv2d)]
-        ignored = [m for m in ignored if not _is_block_conv1(peer, m)] + [peer.linear]
-    else:
-        ignored = [peer.linear]
-    pruner = tp.pruner.MagnitudePruner(
-        peer,
-        EXAMPLE,
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio,
-        ignored_layers=ignored,
-    )
-    pruner.step()
-    return peer
-
-
-def _is_block_conv1(model: nn.Module, module: nn.Module) -> bool:
-    names = {m: n for n, m in model.named_modules()}
-    name = names[module]
-    return name.startswith("layer") and name.endswith(".conv1")
-
-
-def _finetune(
-    name: str, model: nn.Module, teacher: nn.Module | None, data: Any, args: Any, log: list[str]
-) -> nn.Module:
-    cfg = train_config(args.epochs, args.lr, args.device)
-    name = f"{name}_n{args.smoke or args.train_limit or 'all'}"
-    if teacher is None:
-        return cached_train(name, model, data, cfg, log)
-
-    path = ARTIFACTS / f"cifar_{name}_kd_{args.epochs}e_{args.lr}_{args.device}.safetensors"
-    if path.exists():
-        load_weights(model, path)
-        log.append(f"{name}: fine-tuned weights reused from {path.name}")
-        return model.eval()
-    start = time.perf_counter()
-    recover_with_distillation(
-        model, teacher, data, cfg, DistillConfig(loss="kd", temperature=4.0, alpha=0.9)
-    )
-    model.to("cpu").eval()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    save(model, path)
-    print(f"   {name}: distilled in {time.perf_counter() - start:.0f} s", flush=True)
-    return model
-
-
-def _rows(report: Any, finetune: dict[str, str], device: str) -> list[dict[str, Any]]:
-    rows = []
-    base_acc = report.rows[0]["metrics"]["accuracy"]
-    for r in report.rows:
-        m = r["metrics"]
-        m["accuracy_change_pt"] = round(100 * (m["accuracy"] - base_acc), 2)
-        m["finetune"] = finetune.get(r["variant"], "none")
-        m["ran_on"] = device
-        rows.append({"model": "resnet56", "dataset": "cifar10", "split": "test", **r})
-    return rows
-
-
-def _measure(models: dict[str, nn.Module], data: Any, args: Any) -> Any:
-    cfg = MeasureConfig(
-        batch_sizes=(1, 32), runs=args.runs, warmup=5, threads=args.latency_threads, energy="off"
-    )
-    return compare(models, data, baseline="resnet56_baseline", config=cfg, example_input=EXAMPLE)
-
-
-def budget(args: Any) -> str:
-    n = "all" if args.train_limit is None else str(args.train_limit)
-    return f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine, crop+flip"
 
 
 def run_li2017(args: Any, data: Any) -> None:
@@ -180,14 +73,14 @@ def run_li2017(args: Any, data: Any) -> None:
     oneshot = copy.deepcopy(pruned)
     log: list[str] = []
     how = "KD from the unpruned checkpoint (T 4, alpha 0.9)" if args.kd else "labels"
-    tuned = _finetune("li2017_b", pruned, base if args.kd else None, data, args, log)
+    tuned = finetune("li2017_b", pruned, base if args.kd else None, data, args, log)
     models = {
         "resnet56_baseline": base,
         "resnet56_li2017_b_oneshot": oneshot,
         "resnet56_li2017_b": tuned,
     }
-    report = _measure(models, data, args)
-    rows = _rows(report, {"resnet56_li2017_b": f"{budget(args)}; {how}"}, args.device)
+    report = measure(models, data, args)
+    rows = result_rows(report, {"resnet56_li2017_b": f"{budget(args)}; {how}"}, args.device)
     for r in rows:
         if "li2017" in r["variant"]:
             r["paper"] = LI2017_PAPER
@@ -246,16 +139,16 @@ def run_vs_tp(args: Any, data: Any) -> None:
         flush=True,
     )
     log: list[str] = []
-    ours = _finetune(f"vs_tp_ours_r{args.ratio}", ours, None, data, args, log)
-    peer = _finetune(f"vs_tp_peer_r{args.ratio}", peer, None, data, args, log)
+    ours = finetune(f"vs_tp_ours_r{args.ratio}", ours, None, data, args, log)
+    peer = finetune(f"vs_tp_peer_r{args.ratio}", peer, None, data, args, log)
     models = {
         "resnet56_baseline": base,
         "resnet56_dwindle_l1": ours,
         "resnet56_torch_pruning_l1": peer,
     }
-    report = _measure(models, data, args)
+    report = measure(models, data, args)
     tuned = f"{budget(args)}; labels"
-    rows = _rows(
+    rows = result_rows(
         report, {"resnet56_dwindle_l1": tuned, "resnet56_torch_pruning_l1": tuned}, args.device
     )
     for r in rows:
@@ -293,21 +186,21 @@ def run_distill(args: Any, data: Any) -> None:
     cfg = FilterPruning(ratio=args.ratio, kept="down", criterion="l1", targets=("layer*.*.conv1",))
     student = prune_filters_(copy.deepcopy(base), cfg, example_input=EXAMPLE).eval()
     log: list[str] = []
-    labels = _finetune(f"vs_tp_ours_r{args.ratio}", copy.deepcopy(student), None, data, args, log)
-    kd = _finetune(f"distill_r{args.ratio}", copy.deepcopy(student), base, data, args, log)
+    labels = finetune(f"vs_tp_ours_r{args.ratio}", copy.deepcopy(student), None, data, args, log)
+    kd = finetune(f"distill_r{args.ratio}", copy.deepcopy(student), base, data, args, log)
     models = {
         "resnet56_baseline": base,
         "resnet56_pruned_labels": labels,
         "resnet56_pruned_kd": kd,
     }
-    report = _measure(models, data, args)
+    report = measure(models, data, args)
     how = {
         "resnet56_pruned_labels": f"{budget(args)}; labels",
         "resnet56_pruned_kd": f"{budget(args)}; KD from the unpruned ResNet-56 (T 4, alpha 0.9)",
     }
     out = write_results(
         result_name("cifar_distill", args),
-        _rows(report, how, args.device),
+        result_rows(report, how, args.device),
         {},
         columns=COLUMNS,
         notes=[
@@ -329,7 +222,7 @@ def run_chain(args: Any, data: Any) -> None:
 
     base = published("resnet56")
     log: list[str] = []
-    tuned = _finetune(
+    tuned = finetune(
         "li2017_b", li2017_pruned_b(base, []), base if args.kd else None, data, args, log
     )
     int8 = quantize_int8(
@@ -341,8 +234,8 @@ def run_chain(args: Any, data: Any) -> None:
     export_onnx(tuned, EXAMPLE, onnx_path)
     diff = check_onnx(onnx_path, tuned, EXAMPLE, atol=1e-3)
     models = {"resnet56_baseline": base, "resnet56_pruned_b": tuned, "resnet56_pruned_b_int8": int8}
-    report = _measure(models, data, args)
-    rows = _rows(
+    report = measure(models, data, args)
+    rows = result_rows(
         report,
         {"resnet56_pruned_b": budget(args), "resnet56_pruned_b_int8": f"{budget(args)}; then PTQ"},
         args.device,
@@ -379,6 +272,9 @@ def run_chain(args: Any, data: Any) -> None:
     print(f"wrote {out}")
 
 
+PARTS = {"li2017": run_li2017, "vs_tp": run_vs_tp, "distill": run_distill, "chain": run_chain}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=["li2017", "vs_tp"])
@@ -397,18 +293,10 @@ def main() -> None:
     args = parser.parse_args()
     data = training_budget(args, cpu_epochs=1, gpu_epochs=40)
     start = time.perf_counter()
-    if "li2017" in args.only:
-        print("== li2017", flush=True)
-        run_li2017(args, data)
-    if "vs_tp" in args.only:
-        print("== vs_tp", flush=True)
-        run_vs_tp(args, data)
-    if "distill" in args.only:
-        print("== distill", flush=True)
-        run_distill(args, data)
-    if "chain" in args.only:
-        print("== chain", flush=True)
-        run_chain(args, data)
+    for part, run in PARTS.items():
+        if part in args.only:
+            print(f"== {part}", flush=True)
+            run(args, data)
     print(f"total {time.perf_counter() - start:.0f} s")
 
 
