@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from dwindle._imports import require
 from dwindle.config import StageContext, TargetedConfig, register_technique
 from dwindle.errors import ConfigError, DwindleError
+from dwindle.pruning.channel_scores import CONV_TYPES, channel_scores, group_scores
 from dwindle.pruning.verify import guarded
 from dwindle.targets import matches, select_modules
 
@@ -34,13 +34,13 @@ __all__ = [
     "channel_scores",
     "coupled_modules",
     "example_input_for",
+    "group_scores",
     "prune_filters_",
     "remove_channels",
     "select_supported",
     "trace_channels",
 ]
 
-CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Ops through which Torch-Pruning maps channel indices explicitly; elsewhere a channel count that
 # changes inside one coupled group means an op it does not understand (e.g. a channel pad).
 _INDEX_MAPPING_OPS = ("_ConcatOp", "_SplitOp", "_UnbindOp", "_ExpandOp", "_ReshapeOp")
@@ -56,6 +56,12 @@ class FilterPruning(TargetedConfig):
     ``criterion``: ``l1`` / ``l2`` filter norm (Li et al. 2017) or ``taylor`` (first-order Taylor,
     Molchanov et al. 2019; needs data: ``taylor_batches`` training batches of ``batch_size``).
     Channels coupled by residual adds are ranked together (scores summed over the group).
+    ``scope`` (``l1``/``l2``): ``"filter"`` scores a channel by the conv filters that produce it
+    (Li et al. 2017); ``"group"`` by every weight removed with it: those filters, the scales of
+    the norm layers it passes through and the input slices of the layers that consume it
+    (Σ|w|^p over the group, the ranking of Torch-Pruning's group magnitude importance; Fang et
+    al. 2023, "DepGraph"). After a batch norm a filter's own norm says little (the norm layer
+    rescales its output), which the consumers' weights and the norm scale do say.
     ``kept``: how a fractional channel count rounds: ``"up"`` removes ``floor(ratio·n)``,
     ``"down"`` keeps ``floor((1 - ratio)·n)`` as Li et al. 2017's ResNet code does.
     """
@@ -63,6 +69,7 @@ class FilterPruning(TargetedConfig):
     ratio: float = Field(0.5, ge=0, lt=1)
     kept: Literal["up", "down"] = "up"
     criterion: Literal["l1", "l2", "taylor"] = "l1"
+    scope: Literal["filter", "group"] = "filter"
     taylor_batches: int = Field(4, ge=1)
     batch_size: int = Field(64, ge=1)
 
@@ -264,52 +271,6 @@ def remove_channels(
     return names
 
 
-def _taylor_scores(
-    model: nn.Module, convs: Sequence[nn.Module], data: Any, config: FilterPruning
-) -> dict[nn.Module, torch.Tensor]:
-    """Per-channel (Σ w·∂L/∂w)² summed over mini-batches (Molchanov et al. 2019, eq. 8)."""
-    from dwindle.training import logits_of
-
-    scores = {m: torch.zeros(m.weight.shape[0], dtype=torch.float64) for m in convs}
-    was_training = model.training
-    model.eval()  # gradients only: batch-norm statistics must not move
-    try:
-        batches = data.batches("train", config.batch_size, shuffle=True)
-        for i, (x, y) in enumerate(batches):
-            if i >= config.taylor_batches:
-                break
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                F.cross_entropy(logits_of(model(x)), y).backward()
-            for m in convs:
-                contrib = (m.weight * m.weight.grad).flatten(1).sum(1)
-                if m.bias is not None and m.bias.grad is not None:
-                    contrib = contrib + m.bias * m.bias.grad
-                scores[m] += contrib.detach().double() ** 2
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return scores
-
-
-def channel_scores(
-    model: nn.Module,
-    convs: Sequence[nn.Module],
-    config: FilterPruning,
-    data: Any = None,
-) -> dict[nn.Module, torch.Tensor]:
-    """Importance of each output channel of each conv in ``convs`` (higher = keep)."""
-    if config.criterion == "taylor":
-        if data is None:
-            raise ConfigError(
-                "criterion 'taylor' needs gradients, hence data: pass data=<DataBundle> "
-                "(or use criterion 'l1' / 'l2', which are data-free)"
-            )
-        return _taylor_scores(model, convs, data, config)
-    p = 1 if config.criterion == "l1" else 2
-    return {m: m.weight.detach().flatten(1).double().norm(p=p, dim=1) for m in convs}
-
-
 def prune_filters_(
     model: nn.Module,
     config: FilterPruning,
@@ -327,6 +288,12 @@ def prune_filters_(
     the model is restored unchanged.
     """
     notes = notes if notes is not None else []
+    if config.scope == "group" and config.criterion == "taylor":
+        raise ConfigError(
+            "FilterPruning(scope='group') sums weight magnitudes over the channel group: use it "
+            "with criterion 'l1' or 'l2' (criterion 'taylor' already measures the loss change "
+            "of the whole channel)"
+        )
     chosen = select_supported(model, config, CONV_TYPES, "filter pruning")
     ex = example_input_for(example_input, data, "filter pruning")
     graph = trace_channels(model, ex, [n for n, _ in chosen])
@@ -359,7 +326,10 @@ def prune_filters_(
             k = n - max(1, int(n * (1 - config.ratio)))
         if k == 0:
             continue
-        score = sum(scores_of[m] for m in convs)
+        if config.scope == "group":
+            score = group_scores(graph, group, n, 1 if config.criterion == "l1" else 2)
+        else:
+            score = sum(scores_of[m] for m in convs)
         plans.append((name, module, torch.argsort(score)[:k].tolist()))
     with guarded(model, ex, []) as changed:
         for name, _module, idxs in plans:
