@@ -115,6 +115,18 @@ def test_lsq_qat_learns_steps_and_converts_exactly() -> None:
         assert torch.allclose(convert_qat(q)(x), q(x), atol=1e-4)
 
 
+def test_weight_only_lsq_learns_its_steps() -> None:
+    model = tiny_resnet()
+    q = prepare_qat(model, QAT(weight_bits=4, act_bits=None, fold_bn=False, learned_ranges=True))
+    weights = [m for m in q.modules() if isinstance(m, LSQWeight)]
+    assert weights and not [m for m in q.modules() if isinstance(m, LSQActivation)]
+    assert all(w.step_size.numel() > 0 for w in weights)  # started from the layer's weights
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    q.train()
+    q(x).logsumexp(1).sum().backward()
+    assert all(w.step_size.grad.abs().sum() > 0 for w in weights)
+
+
 def test_qat_learned_ranges_validation() -> None:
     with pytest.raises(ValueError, match="learned_ranges \\(LSQ\\) needs uniform weights"):
         QAT(weight_method="ternary", weight_bits=2, learned_ranges=True)
