@@ -125,32 +125,34 @@ def run_vs_tp(args: Any, data: Any) -> None:
             "Torch-Pruning MagnitudePruner at ratio 0.5 on every conv: step() returns, then the "
             f"forward fails ({exc}); the peer below is restricted to each block's first conv."
         )
-    ours = prune_filters_(
-        copy.deepcopy(base),
-        FilterPruning(ratio=args.ratio, kept="down", criterion="l1", targets=("layer*.*.conv1",)),
-        example_input=EXAMPLE,
-        notes=notes,
-    ).eval()
+    arms = {}
+    for scope in ("filter", "group"):
+        cfg = FilterPruning(
+            ratio=args.ratio, kept="down", criterion="l1", scope=scope, targets=("layer*.*.conv1",)
+        )
+        arms[scope] = prune_filters_(
+            copy.deepcopy(base), cfg, example_input=EXAMPLE, notes=notes
+        ).eval()
     peer = torch_pruning_peer(base, args.ratio, restricted=True)
     f0 = count_flops(base, EXAMPLE)
     print(
-        f"   FLOPs ratio ours {f0 / count_flops(ours, EXAMPLE):.3f} "
+        f"   FLOPs ratio ours {f0 / count_flops(arms['group'], EXAMPLE):.3f} "
         f"peer {f0 / count_flops(peer, EXAMPLE):.3f}",
         flush=True,
     )
     log: list[str] = []
-    ours = finetune(f"vs_tp_ours_r{args.ratio}", ours, None, data, args, log)
+    ours = finetune(f"vs_tp_ours_r{args.ratio}", arms["filter"], None, data, args, log)
+    group = finetune(f"vs_tp_group_r{args.ratio}", arms["group"], None, data, args, log)
     peer = finetune(f"vs_tp_peer_r{args.ratio}", peer, None, data, args, log)
     models = {
         "resnet56_baseline": base,
         "resnet56_dwindle_l1": ours,
+        "resnet56_dwindle_group_l1": group,
         "resnet56_torch_pruning_l1": peer,
     }
     report = measure(models, data, args)
     tuned = f"{budget(args)}; labels"
-    rows = result_rows(
-        report, {"resnet56_dwindle_l1": tuned, "resnet56_torch_pruning_l1": tuned}, args.device
-    )
+    rows = result_rows(report, {v: tuned for v in models if v != "resnet56_baseline"}, args.device)
     for r in rows:
         if r["variant"] != "resnet56_baseline":
             r["paper"] = TP_PAPER
@@ -160,17 +162,20 @@ def run_vs_tp(args: Any, data: Any) -> None:
         {
             "cifar_vs_torch_pruning_resnet56": {
                 "baseline": "resnet56_baseline",
-                "candidate": "resnet56_dwindle_l1",
+                "candidate": "resnet56_dwindle_group_l1",
                 "peer": "resnet56_torch_pruning_l1",
             }
         },
         columns=COLUMNS,
         notes=[
             "Published ResNet-56 (Idelbayev), accuracy on the 10,000 CIFAR-10 test images.",
-            f"Both prune {args.ratio:.0%} of the output channels of every residual block's first "
-            "conv by L1 norm (dwindle: FilterPruning(criterion='l1'); Torch-Pruning 1.6.1: "
-            "MagnitudePruner with MagnitudeImportance(p=1), every other layer ignored), one shot, "
-            f"then the same fine-tuning ({args.device}): {tuned}.",
+            f"All prune {args.ratio:.0%} of the output channels of every residual block's first "
+            "conv by L1 magnitude, one shot, then the same fine-tuning "
+            f"({args.device}): {tuned}. dwindle_l1: FilterPruning(criterion='l1') ranks a "
+            "channel by its conv filter (Li et al. 2017); dwindle_group_l1: scope='group' ranks "
+            "it by every weight removed with it (filter, batch-norm scale, next conv's input "
+            "slice: the target's candidate); Torch-Pruning 1.6.1: MagnitudePruner with "
+            "MagnitudeImportance(p=1) (group mean), every other layer ignored.",
             *log,
             *sorted(set(notes)),
             *report.notes,
