@@ -1,4 +1,4 @@
-"""A text-encoder recipe end to end on a tiny BERT: head pruning, layer dropping, int8."""
+"""Text-encoder recipes end to end on a tiny BERT: heads, layers, int8, sparsity, low rank."""
 
 from __future__ import annotations
 
@@ -53,6 +53,35 @@ def test_text_recipe_runs_and_reports_spearman(tmp_path):
     assert rows["d1"]["params"] < rows["baseline"]["params"]
     assert rows["int8"]["bytes"] < rows["baseline"]["bytes"]
     assert any("prune_heads: 2 of 8 heads removed" in n for n in result.report["notes"])
+
+
+def test_generic_sparsity_and_low_rank_stages_on_a_text_encoder(tmp_path):
+    """The pruning and factorization stages target a transformer's linears by name pattern."""
+    model = tiny_bert_dir(tmp_path, layers=2, heads=4, max_len=128)
+    ffn = ["*.intermediate.dense", "*.layer.*.output.dense"]
+    recipe = {
+        "name": "tiny-text-extras",
+        "model": {"hf": str(model)},
+        "data": {"name": "stsb", "root": str(_root(tmp_path))},
+        "stages": [
+            {"prune": {"method": "nm", "n": 2, "m": 4, "targets": ffn}, "name": "s24"},
+            {
+                "prune": {"method": "magnitude", "ratio": 0.5, "targets": ["*encoder*"]},
+                "name": "s50",
+                "from": "baseline",
+            },
+            {"factorize": {"ratio": 0.5, "targets": ffn}, "name": "lowrank", "from": "baseline"},
+        ],
+        "measure": {"batch_sizes": [1], "runs": 1, "warmup": 0, "energy": "off", "memory": False},
+    }
+    result = run_recipe(recipe, tmp_path / "run")
+    rows = {r["variant"]: r["metrics"] for r in result.report["rows"]}
+    base = rows["baseline"]
+    assert all(-100 <= m["spearman"] <= 100 for m in rows.values())
+    assert rows["s24"]["nonzeros"] < base["nonzeros"] and rows["s24"]["params"] == base["params"]
+    assert rows["s50"]["nonzeros"] < rows["s24"]["nonzeros"]
+    assert rows["lowrank"]["params"] < base["params"]
+    assert all(rows[v]["bytes"] < base["bytes"] for v in ("s24", "s50", "lowrank"))
 
 
 def test_text_recipe_errors(tmp_path):
