@@ -134,6 +134,19 @@ def run_vs_tp(args: Any, data: Any) -> None:
             copy.deepcopy(base), cfg, example_input=EXAMPLE, notes=notes
         ).eval()
     peer = torch_pruning_peer(base, args.ratio, restricted=True)
+    ours_sd, peer_sd = arms["group"].state_dict(), peer.state_dict()
+    same = ours_sd.keys() == peer_sd.keys() and all(
+        ours_sd[k].shape == peer_sd[k].shape and bool((ours_sd[k] == peer_sd[k]).all())
+        for k in ours_sd
+    )
+    notes.append(
+        "Before fine-tuning, dwindle_group_l1 and Torch-Pruning's pruned models are "
+        + (
+            "identical (same channels removed), so they only differ by fine-tuning nondeterminism."
+            if same
+            else "different (they removed different channels)."
+        )
+    )
     f0 = count_flops(base, EXAMPLE)
     print(
         f"   FLOPs ratio ours {f0 / count_flops(arms['group'], EXAMPLE):.3f} "
