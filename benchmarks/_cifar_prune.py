@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from _cifar import cached_train, train_config
-from _common import ARTIFACTS
+from _common import ARTIFACTS, torch_pruning_l1
 from torch import nn
 
 from dwindle.distillation import DistillConfig, recover_with_distillation
@@ -50,24 +50,11 @@ def li2017_pruned_b(base: nn.Module, notes: list[str]) -> nn.Module:
 
 def torch_pruning_peer(base: nn.Module, ratio: float, restricted: bool) -> nn.Module:
     """Torch-Pruning's own MagnitudePruner (L1), one shot; ``restricted``: block conv1s only."""
-    import torch_pruning as tp
-
-    peer = copy.deepcopy(base).eval()
-    ignored = []
+    ignored: list[nn.Module] = [base.linear]
     if restricted:
-        ignored = [m for n, m in peer.named_modules() if isinstance(m, nn.Conv2d)]
-        ignored = [m for m in ignored if not _is_block_conv1(peer, m)] + [peer.linear]
-    else:
-        ignored = [peer.linear]
-    pruner = tp.pruner.MagnitudePruner(
-        peer,
-        EXAMPLE,
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio,
-        ignored_layers=ignored,
-    )
-    pruner.step()
-    return peer
+        convs = [m for m in base.modules() if isinstance(m, nn.Conv2d)]
+        ignored += [m for m in convs if not _is_block_conv1(base, m)]
+    return torch_pruning_l1(base, EXAMPLE, ratio, ignored)
 
 
 def _is_block_conv1(model: nn.Module, module: nn.Module) -> bool:

@@ -70,6 +70,32 @@ LATENCY_COLUMNS: list[tuple[str, str]] = [
 """Measured latency at batch 1 and 32 with the speed-up over the baseline, for tables."""
 
 
+def torch_pruning_l1(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    ratio: float,
+    ignored: Sequence[torch.nn.Module] = (),
+) -> torch.nn.Module:
+    """The peer: Torch-Pruning's own pruner (MagnitudePruner is MetaPruner in 1.6) with L1
+    magnitude importance, one shot, on a copy of ``model``; ``ignored`` are modules of
+    ``model`` (mapped to the copy by name)."""
+    import copy
+
+    import torch_pruning as tp
+
+    peer = copy.deepcopy(model).eval()
+    names = {id(m): n for n, m in model.named_modules()}
+    pruner = tp.pruner.MetaPruner(
+        peer,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        ignored_layers=[peer.get_submodule(names[id(m)]) for m in ignored],
+    )
+    pruner.step()
+    return peer
+
+
 def flag_slower(rows: list[dict[str, Any]], baseline: str) -> str:
     """Mark every row measured slower than ``baseline`` despite fewer FLOPs (metrics
     ``slower_despite_fewer_flops``) and return the note listing them."""

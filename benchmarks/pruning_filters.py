@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, RESULTS, write_results
+from _common import ARTIFACTS, RESULTS, torch_pruning_l1, write_results
 from baselines import JOBS
 from torch import nn
 
@@ -50,26 +50,6 @@ COLUMNS = [
     ("acc change pt", "metrics.accuracy_change_pt"),
     ("paper FLOPs -%", "paper.flops_reduction_pct"),
 ]
-
-
-def torch_pruning_peer(
-    model: nn.Module, example: torch.Tensor, ratio: float, ignored: list[nn.Module]
-) -> nn.Module:
-    """Torch-Pruning's MetaPruner with L1 magnitude importance, one shot, same layers."""
-    import torch_pruning as tp
-
-    peer = copy.deepcopy(model).eval()
-    names = {id(m): n for n, m in model.named_modules()}
-    ignored_peer = [peer.get_submodule(names[id(m)]) for m in ignored]
-    pruner = tp.pruner.MetaPruner(
-        peer,
-        example,
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio,
-        ignored_layers=ignored_peer,
-    )
-    pruner.step()
-    return peer
 
 
 def cnn4bn_baseline(data: Any, epochs_scale: float) -> tuple[nn.Module, str]:
@@ -105,7 +85,7 @@ def run_cnn4bn(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str
     ex = data.example_input(1)
     tune = dict(epochs=args.finetune_epochs, optimizer="adamw", lr=1e-3, progress=False)
     ours = prune_filters_(copy.deepcopy(base), FilterPruning(ratio=args.cnn_ratio), data=data)
-    peer = torch_pruning_peer(base, ex, args.cnn_ratio, [base.classifier])
+    peer = torch_pruning_l1(base, ex, args.cnn_ratio, [base.classifier])
     for m in (ours, peer):
         dw.finetune(m, data, **tune)
         m.eval()
@@ -178,7 +158,7 @@ def run_resnet(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str
         b.conv2 for s in (1, 2, 3) for b in getattr(base, f"layer{s}")
     ]
     peer_ratio = args.resnet_ratios[0]
-    models[f"resnet20_torch_pruning_r{round(100 * peer_ratio)}"] = torch_pruning_peer(
+    models[f"resnet20_torch_pruning_r{round(100 * peer_ratio)}"] = torch_pruning_l1(
         base, ex, peer_ratio, kept
     )
     cifar = dwdata.load("cifar10", seed=0, limit=args.resnet_train_limit)
