@@ -24,6 +24,7 @@ from dwindle._imports import require
 from dwindle.errors import DwindleError
 from dwindle.export import register_format
 from dwindle.export.onnx_io import export_onnx
+from dwindle.quantization.backends.counted import CountedModule
 
 __all__ = [
     "FLOAT_FORMAT",
@@ -179,7 +180,7 @@ def _weight_initializers(proto: Any) -> list[np.ndarray]:
     ]
 
 
-class OrtModule(nn.Module):
+class OrtModule(CountedModule):
     """An ONNX model (int8, or float from :func:`ort_float`) run by onnxruntime on CPU, behind
     an ``nn.Module`` forward.
 
@@ -206,17 +207,6 @@ class OrtModule(nn.Module):
         self._params = int(sum(w.size for w in weights))
         self._nonzeros = int(sum(np.count_nonzero(w) for w in weights))
         self.op_types = sorted({n.op_type for n in proto.graph.node})
-
-    def dwindle_param_count(self) -> int:
-        """Weight and bias entries stored in the ONNX initializers (not scales/zero points)."""
-        return self._params
-
-    def dwindle_nonzero_count(self) -> int:
-        return self._nonzeros
-
-    def dwindle_flops(self) -> int | None:
-        """FLOPs of one sample, counted on the float model (integer MACs are as many)."""
-        return self.flops
 
     def _get_session(self) -> Any:
         threads = torch.get_num_threads()

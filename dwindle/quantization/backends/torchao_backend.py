@@ -24,6 +24,7 @@ from torch import nn
 from dwindle._imports import require
 from dwindle.errors import DwindleError
 from dwindle.export import register_format
+from dwindle.quantization.backends.counted import CountedModule
 
 __all__ = ["FORMAT", "TorchaoModule", "torchao_quantize_dynamic", "torchao_quantize_static"]
 
@@ -90,7 +91,7 @@ def _lower_x86(program: Any, example: torch.Tensor) -> nn.Module:
     return lowered
 
 
-class TorchaoModule(nn.Module):
+class TorchaoModule(CountedModule):
     """An int8 model quantized by torchao, runnable eagerly on CPU; inference only.
 
     ``program`` is the serialised ``torch.export`` archive of the int8 program (the artifact).
@@ -117,16 +118,6 @@ class TorchaoModule(nn.Module):
         ]
         self._params = int(sum(t.numel() for t in weights))
         self._nonzeros = int(sum(int((t != 0).sum()) for t in weights))
-
-    def dwindle_param_count(self) -> int:
-        """Weight and bias entries of the int8 program (not scales/zero points)."""
-        return self._params
-
-    def dwindle_nonzero_count(self) -> int:
-        return self._nonzeros
-
-    def dwindle_flops(self) -> int | None:
-        return self.flops
 
     def _get_runner(self) -> nn.Module:
         if self._runner is None:
