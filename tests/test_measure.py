@@ -27,12 +27,14 @@ from dwindle.metrics import (
     count_params,
     effective_flops,
     evaluate_accuracy,
+    mcnemar,
     measure,
     measure_energy,
     measure_latency,
     model_input_dtype,
     peak_memory,
     sparsity,
+    wilson_interval,
 )
 
 FAST = {"runs": 3, "warmup": 1, "energy": "estimate", "batch_sizes": (1, 4)}
@@ -333,6 +335,50 @@ def test_measure_with_data_reports_accuracy_and_handles_fp64() -> None:
     assert m["flops"] == 2 * 3 * 3
     assert 8 * 12 <= m["bytes"] < 8 * 12 + 1024  # fp64 weights on disk
     assert m["latency_ms"]["b4"]["p50"] > 0
+
+
+def test_wilson_interval_matches_the_closed_form() -> None:
+    lo, hi = wilson_interval(9849, 10000)  # 1.51 % test error on MNIST's 10,000 images
+    # Wilson's bounds are the p0 at which the score statistic equals z: (p - p0)² = z² p0 q0 / n
+    for p0 in (lo, hi):
+        assert (0.9849 - p0) ** 2 == pytest.approx(1.959964**2 * p0 * (1 - p0) / 10000)
+    assert lo < 0.9849 < hi and 0.0023 < (hi - lo) / 2 < 0.0025  # ± 0.24 pt
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="correct <= n"):
+        wilson_interval(11, 10)
+
+
+def test_mcnemar_exact_p_values() -> None:
+    base = torch.tensor([True] * 10)
+    assert mcnemar(base, base)["p_value"] == 1.0
+    other = base.clone()
+    other[:5] = False  # 5 discordant, all against the other model: p = 2 / 2**5
+    test = mcnemar(base, other)
+    assert test["p_value"] == pytest.approx(2 / 32)
+    assert (test["only_base_right"], test["only_other_right"]) == (5, 0)
+    a = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    b = torch.tensor([0, 1, 0, 1, 0, 1], dtype=torch.bool)  # 2 vs 1 discordant: p = 1
+    assert mcnemar(a, b)["p_value"] == pytest.approx(1.0)
+    big = mcnemar(torch.ones(2000, dtype=torch.bool), torch.arange(2000) % 2 == 0)
+    assert 0 < big["p_value"] < 1e-200  # 1000 discordant pairs, all one way, no underflow to 0
+    with pytest.raises(ConfigError, match="same images"):
+        mcnemar(base, torch.ones(3, dtype=torch.bool))
+
+
+def test_compare_says_whether_an_accuracy_change_is_noise() -> None:
+    data = argmax_bundle(n=40, flip=0)
+    worse = identity3()
+    with torch.no_grad():
+        worse.weight[0, 0] = -1.0  # class 0 never wins any more: the change is real
+    report = compare({"base": identity3(), "worse": worse}, data, baseline="base", config=FAST)
+    base, m = report.metrics("base"), report.metrics("worse")
+    assert "correct" not in m and "accuracy_change_p" not in base
+    lo, hi = base["accuracy_ci95"]
+    assert lo <= base["accuracy"] <= hi
+    right, wrong = m["accuracy_change_discordant"]
+    assert wrong == 0 and right == round(40 * (base["accuracy"] - m["accuracy"]))
+    assert m["accuracy_change_p"] < 0.05
+    assert any("McNemar" in n for n in report.notes)
 
 
 def test_measure_config_validation_names_the_key() -> None:

@@ -14,6 +14,7 @@ from dwindle.metrics.flops import count_flops, count_flops_by_module, effective_
 from dwindle.metrics.latency import fixed_threads, measure_latency, percentiles
 from dwindle.metrics.memory import peak_memory, state_bytes
 from dwindle.metrics.report import MeasureConfig, Report, compare, machine_info, measure
+from dwindle.metrics.significance import mcnemar, wilson_interval
 from dwindle.metrics.size import artifact_bytes
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "evaluate_accuracy",
     "fixed_threads",
     "machine_info",
+    "mcnemar",
     "measure",
     "measure_energy",
     "measure_latency",
@@ -43,4 +45,5 @@ __all__ = [
     "sparsity",
     "state_bytes",
     "weight_density",
+    "wilson_interval",
 ]

@@ -11,6 +11,7 @@ from torch import nn
 from dwindle.data.bundle import DataBundle
 from dwindle.errors import ConfigError
 from dwindle.metrics._model import eval_mode, first_output, model_input_dtype
+from dwindle.metrics.significance import wilson_interval
 
 __all__ = ["evaluate_accuracy"]
 
@@ -21,9 +22,12 @@ def evaluate_accuracy(
     split: str = "test",
     batch_size: int = 512,
     device: str | torch.device = "cpu",
+    return_correct: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``split``: ``accuracy`` (0–1), ``error_pct``, ``test_errors``,
-    ``n_test`` (errors and count of the evaluated split) and mean cross-entropy ``loss``.
+    """Evaluate ``model`` on ``split``: ``accuracy`` (0–1) with its 95 % Wilson interval
+    ``accuracy_ci95``, ``error_pct``, ``test_errors``, ``n_test`` (errors and count of the
+    evaluated split) and mean cross-entropy ``loss``; with ``return_correct`` also ``correct``,
+    a bool tensor per example in split order (for :func:`~dwindle.metrics.mcnemar`).
 
     The model runs in eval mode (its flags are restored after) on ``device``, where it must be.
     """
@@ -33,6 +37,7 @@ def evaluate_accuracy(
     if n == 0:
         raise ConfigError(f"split {split!r} of dataset {data.name!r} is empty; evaluate another")
     correct = 0
+    hits: list[torch.Tensor] = []
     loss_sum = 0.0
     dtype = model_input_dtype(model)
     with eval_mode(model), torch.inference_mode():
@@ -44,12 +49,19 @@ def evaluate_accuracy(
                     f"(batch, {data.num_classes}) class logits; check the model's num_classes"
                 )
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == y).sum().item())
+            hit = logits.argmax(dim=1) == y
+            correct += int(hit.sum().item())
+            if return_correct:
+                hits.append(hit.cpu())
     errors = n - correct
-    return {
+    out: dict[str, Any] = {
         "accuracy": correct / n,
+        "accuracy_ci95": [round(v, 6) for v in wilson_interval(correct, n)],
         "error_pct": 100.0 * errors / n,
         "test_errors": errors,
         "n_test": n,
         "loss": loss_sum / n,
     }
+    if return_correct:
+        out["correct"] = torch.cat(hits)
+    return out

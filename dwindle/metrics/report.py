@@ -26,6 +26,7 @@ from dwindle.metrics.energy import measure_energy
 from dwindle.metrics.flops import count_flops, effective_flops
 from dwindle.metrics.latency import fixed_threads, measure_latency
 from dwindle.metrics.memory import peak_memory
+from dwindle.metrics.significance import mcnemar
 from dwindle.metrics.size import artifact_bytes
 
 __all__ = ["MeasureConfig", "Report", "compare", "machine_info", "measure"]
@@ -145,7 +146,8 @@ def _static_metrics(
         if callable(task):
             m.update(task(model, cfg.split))
         else:
-            m.update(evaluate_accuracy(model, data, cfg.split, device=model_device(model)))
+            device = model_device(model)
+            m.update(evaluate_accuracy(model, data, cfg.split, device=device, return_correct=True))
     one = make_input(1)
     m["params"] = count_params(model)
     m["nonzeros"] = count_nonzeros(model)
@@ -210,8 +212,23 @@ def compare(
                 source=cfg.energy,
                 flops=m["flops"],
             )
+    correct = {name: m.pop("correct") for name, m in metrics.items() if "correct" in m}
     if baseline is not None:
         _add_ratios(metrics, baseline, cfg.batch_sizes)
+        if baseline in correct and len(correct) > 1:
+            for name, hits in correct.items():
+                if name != baseline:
+                    test = mcnemar(correct[baseline], hits)
+                    metrics[name]["accuracy_change_p"] = round(test["p_value"], 6)
+                    metrics[name]["accuracy_change_discordant"] = [
+                        test["only_base_right"],
+                        test["only_other_right"],
+                    ]
+            notes.append(
+                "accuracy_change_p: exact McNemar test against the baseline on the same "
+                "examples (p >= 0.05: the accuracy change is within noise); accuracy_ci95: "
+                "95 % Wilson interval"
+            )
     notes.append(
         f"latency: {cfg.runs} interleaved rounds after {cfg.warmup} warm-up calls, "
         f"{threads} thread(s); p50/p95 in ms"
