@@ -231,6 +231,7 @@ def run_model(name: str, epochs_scale: float) -> tuple[list[dict[str, Any]], dic
 
 COLUMNS = [
     ("test error %", "metrics.error_pct"),
+    ("p vs baseline (McNemar)", "metrics.accuracy_change_p"),
     ("non-zero weights", "metrics.virtual_nonzeros"),
     ("bytes", "metrics.bytes"),
     ("format", "metrics.artifact"),

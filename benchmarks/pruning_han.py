@@ -93,6 +93,7 @@ JOBS = {
 
 COLUMNS = [
     ("test error %", "metrics.error_pct"),
+    ("p vs baseline (McNemar)", "metrics.accuracy_change_p"),
     ("paper error %", "paper.error_pct"),
     ("non-zeros", "metrics.nonzeros"),
     ("paper non-zeros", "paper.nonzeros"),
