@@ -30,13 +30,12 @@ from dwindle.config import StageContext, TargetedConfig, register_technique
 from dwindle.errors import ConfigError
 from dwindle.quantization.fake_quant import UNIFORM_BITS, FakeQuantize
 from dwindle.quantization.lowbit import METHOD_BITS, quantizable_layers, set_module
-from dwindle.quantization.lsq import LSQWeight
 from dwindle.quantization.qat_convert import convert_qat
 from dwindle.quantization.qat_graph import (
     place_act_quant,
+    qat_layer,
     swap_layers,
     trace_for_qat,
-    weight_quantizer,
 )
 from dwindle.quantization.qat_layers import BinaryActivation, QATLayer, fold_bn
 from dwindle.training import Callback, TrainConfig, TrainState, train
@@ -123,11 +122,7 @@ def prepare_qat(model: nn.Module, config: QAT, context: StageContext | None = No
             src, config.targets, config.exclude, config.on_unsupported, "qat", context
         )
         for name, layer in layers:
-            wq = weight_quantizer(config)
-            if isinstance(wq, LSQWeight):  # learned step, started from the layer's weights
-                with torch.no_grad():
-                    wq.init_from(layer.weight)
-            set_module(src, name, QATLayer(layer, wq))
+            set_module(src, name, qat_layer(layer, config))
         src.dwindle_qat = config
         return src
     gm = trace_for_qat(src, config)

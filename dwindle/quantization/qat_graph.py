@@ -33,11 +33,10 @@ if TYPE_CHECKING:  # qat.py imports this module
 
 __all__ = [
     "input_quant",
-    "observed_weight_quantizer",
     "place_act_quant",
+    "qat_layer",
     "swap_layers",
     "trace_for_qat",
-    "weight_quantizer",
 ]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -145,32 +144,30 @@ def swap_layers(gm: fx.GraphModule, config: QAT, context: StageContext | None) -
                 gm.graph.erase_node(users[0])
                 gm.delete_submodule(str(users[0].target))  # it now lives inside the QATLayer
                 folded += 1
-        wq = weight_quantizer(config)
-        qlayer = QATLayer(layer, wq, bn)
-        if isinstance(wq, LSQWeight):
-            with torch.no_grad():
-                wq.init_from(qlayer.folded()[0])
-        set_module(gm, str(node.target), qlayer)
+        set_module(gm, str(node.target), qat_layer(layer, config, bn))
     return folded
 
 
-def weight_quantizer(config: QAT) -> WeightQuantizer:
-    """The weight quantiser of one layer: LSQ's learned step, or the observed range."""
+def qat_layer(layer: nn.Module, config: QAT, bn: nn.Module | None = None) -> QATLayer:
+    """``layer`` (with ``bn`` folded in, if given) with fake-quant weights: LSQ's learned step,
+    started from the (folded) weights, or the range ``config.weight_observer`` observes."""
+    wq: WeightQuantizer
     if config.learned_ranges:
-        return LSQWeight(config.weight_bits, config.per_channel)
-    return observed_weight_quantizer(config)
-
-
-def observed_weight_quantizer(config: QAT) -> WeightQuantizer:
-    """The weight quantiser whose range ``config.weight_observer`` observes (no learned step)."""
-    return make_weight_quantizer(
-        config.weight_method,
-        config.weight_bits,
-        config.per_channel,
-        config.weight_observer,
-        config.rounding,
-        config.scaled,
-    )
+        wq = LSQWeight(config.weight_bits, config.per_channel)
+    else:
+        wq = make_weight_quantizer(
+            config.weight_method,
+            config.weight_bits,
+            config.per_channel,
+            config.weight_observer,
+            config.rounding,
+            config.scaled,
+        )
+    qlayer = QATLayer(layer, wq, bn)
+    if isinstance(wq, LSQWeight):
+        with torch.no_grad():
+            wq.init_from(qlayer.folded()[0])
+    return qlayer
 
 
 def _feeds_float_layer(node: fx.Node, gm: fx.GraphModule) -> bool:
