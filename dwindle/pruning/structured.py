@@ -298,7 +298,8 @@ def prune_filters_(
     ex = example_input_for(example_input, data, "filter pruning")
     graph = trace_channels(model, ex, [n for n, _ in chosen])
     chosen_set = {m for _, m in chosen}
-    scores_of = channel_scores(model, [m for _, m in chosen], config, data)
+    group_scope = config.scope == "group"  # scores come from each group below, not per conv
+    scores_of = {} if group_scope else channel_scores(model, [m for _, m in chosen], config, data)
     plans: list[tuple[str, nn.Module, list[int]]] = []
     seen: set[nn.Module] = set()
     for name, module in chosen:
@@ -326,7 +327,7 @@ def prune_filters_(
             k = n - max(1, int(n * (1 - config.ratio)))
         if k == 0:
             continue
-        if config.scope == "group":
+        if group_scope:
             score = group_scores(graph, group, n, 1 if config.criterion == "l1" else 2)
         else:
             score = sum(scores_of[m] for m in convs)
