@@ -42,6 +42,11 @@ COLUMNS = [
 ]
 
 
+def _variant(backend: str, onnx_format: str) -> str:
+    """Row name of an int8 model: the QDQ file keeps the plain name."""
+    return f"int8_{backend}" + ("" if onnx_format == "qdq" else f"_{onnx_format}")
+
+
 def run(name: str, data: Any, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
     model = published(name)
     calib = data.calib(args.calibration, seed=args.seed)
@@ -56,7 +61,7 @@ def run(name: str, data: Any, args: argparse.Namespace) -> tuple[list[dict[str, 
                 calibration_samples=args.calibration,
                 onnx_format=fmt,
             )
-            variant = f"int8_{backend}" + ("" if fmt == "qdq" else f"_{fmt}")
+            variant = _variant(backend, fmt)
             models[variant] = quantize_int8(model, config, calibration=calib)
             took = time.perf_counter() - start
             print(f"   {name} {variant}: quantized in {took:.0f} s", flush=True)
@@ -118,10 +123,9 @@ def main() -> None:
     targets = {}
     if "resnet56" in args.only:
         last = args.onnx_formats[-1] if args.backends[0] == "onnxruntime" else "qdq"
-        suffix = "" if last == "qdq" else f"_{last}"
         targets["cifar_int8_resnet56"] = {
             "baseline": "resnet56_fp32",
-            "candidate": f"resnet56_int8_{args.backends[0]}{suffix}",
+            "candidate": f"resnet56_{_variant(args.backends[0], last)}",
         }
     schemes = sorted({r["metrics"]["scheme"] for r in rows if "scheme" in r["metrics"]})
     notes = [
