@@ -31,6 +31,7 @@ from _cifar import (
 )
 from _common import ARTIFACTS, RESULTS, write_results
 
+from dwindle.distillation import DistillConfig, distill
 from dwindle.export import load_weights, save
 from dwindle.metrics import artifact_bytes, count_params, evaluate_accuracy
 from dwindle.quantization import QAT, convert_qat
@@ -83,8 +84,9 @@ def variant_config(variant: str, epochs: int, lr: float, device: str) -> QAT:
 
 def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> dict[str, Any]:
     cfg = variant_config(variant, args.epochs, args.lr, args.device)
+    kd = "kd" if args.distill else ""
     key = hashlib.sha256(
-        f"{cfg.model_dump_json()}{args.train_limit}{args.smoke}{QAT_REV}".encode()
+        f"{cfg.model_dump_json()}{args.train_limit}{args.smoke}{QAT_REV}{kd}".encode()
     ).hexdigest()[:8]
     path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
     prepared = prepare_qat(base, cfg)
@@ -94,7 +96,12 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         print(f"   {variant}: QAT weights reused from {path.name}", flush=True)
     else:
         start = time.perf_counter()
-        train(prepared, data, cfg.train, callbacks=[FreezeQuantStats(cfg)])
+        callbacks = [FreezeQuantStats(cfg)]
+        if args.distill:  # LSQ §3.6: the full-precision model teaches, T = 1, equal weights
+            kd = DistillConfig(temperature=1.0, alpha=0.5, cache_mb=0)
+            distill(prepared, base.eval(), data, kd, train=cfg.train, callbacks=callbacks)
+        else:
+            train(prepared, data, cfg.train, callbacks=callbacks)
         prepared.to("cpu")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         save(prepared, path)
@@ -116,7 +123,8 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         + (f"w{cfg.weight_bits}" if cfg.weight_method == "uniform" else "ternary w")
         + f"/a{cfg.act_bits or 32}"
         + (" LSQ" if cfg.learned_ranges else ""),
-        finetune=f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine",
+        finetune=f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine"
+        + (", KD from the fp32 model (T=1, α=0.5)" if args.distill else ""),
         ran_on=args.device,
     )
     return {
@@ -142,6 +150,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="QAT epochs (cpu 2, cuda 60)")
     parser.add_argument("--train-limit", type=int, help="training subset (cpu 20000, cuda all)")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument(
+        "--distill",
+        action="store_true",
+        help="fine-tune with the fp32 checkpoint as teacher (LSQ's KD setting: T=1, α=0.5)",
+    )
     parser.add_argument("--agreement", type=int, default=500, help="test images, packed check")
     add_device_args(parser)
     args = parser.parse_args()
