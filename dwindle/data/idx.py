@@ -194,53 +194,38 @@ def _load_idx_dataset(
     return make_bundle(name, (x_train, y_train), (x_val, y_val), (x_test, y_test), classes)
 
 
-@register_dataset("mnist")
-def _load_mnist(
-    root: Path | None, *, seed: int, val_size: int | float | None, normalize: bool
-) -> DataBundle:
-    """MNIST handwritten digits (IDX files), 28×28, 10 classes; 5000 validation by default."""
-    return _load_idx_dataset(
-        "mnist",
-        root,
-        seed=seed,
-        val_size=val_size,
-        normalize=normalize,
-        default_val=_MNIST_VAL,
-        num_classes=10,
-        stats=_MNIST_STATS,
-    )
+def _register_idx_family(name: str, summary: str, stats: tuple[float, float] | None = None) -> None:
+    """Register one of the MNIST-format datasets: IDX files, 28×28, 10 classes, 5000 val."""
+
+    def loader(
+        root: Path | None, *, seed: int, val_size: int | float | None, normalize: bool
+    ) -> DataBundle:
+        return _load_idx_dataset(
+            name,
+            root,
+            seed=seed,
+            val_size=val_size,
+            normalize=normalize,
+            default_val=_MNIST_VAL,
+            num_classes=10,
+            stats=stats,
+        )
+
+    loader.__qualname__ = loader.__name__ = f"_load_{name.replace('-', '_')}"
+    register_dataset(name, summary=summary)(loader)
 
 
-@register_dataset("fashion-mnist")
-def _load_fashion(
-    root: Path | None, *, seed: int, val_size: int | float | None, normalize: bool
-) -> DataBundle:
-    """Fashion-MNIST clothing images (IDX files), 28×28, 10 classes; 5000 validation."""
-    return _load_idx_dataset(
-        "fashion-mnist",
-        root,
-        seed=seed,
-        val_size=val_size,
-        normalize=normalize,
-        default_val=_MNIST_VAL,
-        num_classes=10,
-    )
-
-
-@register_dataset("kmnist")
-def _load_kmnist(
-    root: Path | None, *, seed: int, val_size: int | float | None, normalize: bool
-) -> DataBundle:
-    """Kuzushiji-MNIST cursive Japanese (IDX files), 28×28, 10 classes; 5000 validation."""
-    return _load_idx_dataset(
-        "kmnist",
-        root,
-        seed=seed,
-        val_size=val_size,
-        normalize=normalize,
-        default_val=_MNIST_VAL,
-        num_classes=10,
-    )
+_register_idx_family(
+    "mnist",
+    "MNIST handwritten digits (IDX files), 28×28, 10 classes; 5000 validation",
+    _MNIST_STATS,
+)
+_register_idx_family(
+    "fashion-mnist", "Fashion-MNIST clothing images (IDX files), 28×28, 10 classes; 5000 validation"
+)
+_register_idx_family(
+    "kmnist", "Kuzushiji-MNIST cursive Japanese (IDX files), 28×28, 10 classes; 5000 validation"
+)
 
 
 @register_dataset("idx", root="required")
