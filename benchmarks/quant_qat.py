@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from _common import ARTIFACTS, RESULTS, write_results
+from baselines import JOBS
 from torch import nn
 
 import dwindle as dw
@@ -32,16 +33,8 @@ from dwindle.quantization import QAT, convert_qat, prepare_qat
 from dwindle.quantization.qat import FreezeQuantStats
 
 NAME = "quant_qat"
-LENET5_TRAIN = {  # benchmarks/baselines.py's LeNet-5 job, used when no artifact is there
-    "epochs": 20,
-    "batch_size": 128,
-    "optimizer": "sgd",
-    "lr": 0.05,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-}
+# baselines.py's LeNet-5 job, used when no trained artifact is there
+LENET5_TRAIN = next(job.train for job in JOBS if job.variant == "lenet5")
 COLUMNS = [
     ("test error %", "metrics.error_pct"),
     ("test errors", "metrics.test_errors"),
