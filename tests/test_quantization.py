@@ -220,11 +220,46 @@ def test_qat_int8_trains_and_converts_to_integer_model() -> None:
     assert artifact_bytes(int8)[1] == "dwindle-packed"
 
 
-def test_qat_places_activation_quantisers_after_residual_adds() -> None:
+class _BareAdd(nn.Module):
+    """Two convs summed with no activation after the add, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.a(x) + self.b(x), 1))
+
+
+def _quantised_after(prepared: torch.fx.GraphModule, op: str) -> list[bool]:
+    """For each node named ``op*``: whether its value goes through a FakeQuantize."""
+    out = []
+    for node in prepared.graph.nodes:
+        if node.name.startswith(op) and not node.name.endswith("_aq"):
+            out.append(
+                any(
+                    u.op == "call_module"
+                    and isinstance(prepared.get_submodule(str(u.target)), FakeQuantize)
+                    for u in node.users
+                )
+            )
+    return out
+
+
+def test_qat_quantises_residual_adds_once_after_their_relu() -> None:
     model = dw.models.create("resnet20", input_shape=(3, 16, 16), num_classes=4)
     prepared = prepare_qat(model, QAT())
-    code = prepared.code
-    assert "add_aq" in code and "relu_aq" in code.replace("_1_aq", "_aq")
+    # add+ReLU is one fused op at inference: the add feeds the ReLU in float, the ReLU's output
+    # is quantised (Jacob et al. 2018 §3.3)
+    adds = _quantised_after(prepared, "add")
+    assert len(adds) == 9 and not any(adds)
+    assert all(_quantised_after(prepared, "relu"))
+    # an addition not followed by an activation is quantised where the integer model adds
+    bare = prepare_qat(_BareAdd(), QAT())
+    assert _quantised_after(bare, "add") == [True]
+    x = torch.randn(2, 3, 16, 16)
+    assert convert_qat(bare.eval())(x).shape == (2, 4)
 
 
 def test_bnn_qat_binarises_activations_and_packs_one_bit() -> None:

@@ -6,8 +6,10 @@ folded into the weights *before* they are quantised (§3.2; training keeps batch
 undoing the fold's scale, as in Krishnamoorthi 2018, Fig. 8), and activations are
 fake-quantised where the integer model will quantise them: after each activation function,
 after residual additions, after average pooling, at the input and at outputs not followed by
-an activation. ``convert_qat`` then stores weights as packed integer codes and runs int8 ×
-int8 → int32 matmuls (``dwindle.quantization.packing``).
+an activation. A layer or addition followed by an activation is fused with it (conv+ReLU,
+add+ReLU, Jacob et al. §3.3), so it is quantised once, after the activation. ``convert_qat``
+then stores weights as packed integer codes and runs int8 × int8 → int32 matmuls
+(``dwindle.quantization.packing``).
 
 With ``act_bits=1`` and ``weight_method="binary"`` the same machinery trains a BNN (Hubara,
 Courbariaux et al. 2016): ``sign`` after every activation function, binary weights.

@@ -191,11 +191,14 @@ def place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
             if _is_act(node, gm):
                 _insert_after(gm, node, BinaryActivation())
             continue
+        # An op whose every user is an activation function is fused with it at inference
+        # (conv+ReLU, add+ReLU): one quantiser, after the activation.
+        fused = bool(node.users) and all(_is_act(u, gm) for u in node.users)
         after = node.op == "placeholder" or _is_act(node, gm)
-        after |= _is(node, gm, (), _ADD_FUNCS, {"add", "add_"})
+        after |= _is(node, gm, (), _ADD_FUNCS, {"add", "add_"}) and not fused
         after |= _is(node, gm, _AVG_MODULES, _AVG_FUNCS, set())
         if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QATLayer):
-            after |= not node.users or not all(_is_act(u, gm) for u in node.users)
+            after |= not fused
         if after:
             edge = node.op == "placeholder" or _feeds_float_layer(node, gm)
             b = (config.input_bits or bits) if edge else bits
