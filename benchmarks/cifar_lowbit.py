@@ -209,7 +209,8 @@ def main() -> None:
                 "Published ResNet-20 (Idelbayev), accuracy on the 10,000 CIFAR-10 test images.",
                 "QAT from the checkpoint: BN folded, per-channel weights; LSQ learned step sizes "
                 "(started at the MSE-optimal range) for weights and activations; activations "
-                "quantized after every ReLU, residual add and the average pool; the input image "
+                "quantized after every ReLU (an add feeding a ReLU is fused with it, so quantized "
+                "once, after the ReLU) and the average pool; the input image "
                 "and the classifier's input 8-bit; first conv and classifier kept float "
                 "(PACT/LSQ keep them at 8 bits).",
                 "Accuracy of the fake-quant model in eval mode; 'packed agrees' is the share of "
