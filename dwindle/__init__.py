@@ -27,6 +27,8 @@ _LAZY: dict[str, str] = {
     "prune_neurons_": "dwindle.pruning",
     "LayerPruning": "dwindle.pruning",
     "prune_layers_": "dwindle.pruning",
+    "StageWidthPruning": "dwindle.pruning",
+    "prune_stage_widths_": "dwindle.pruning",
     "Int8Static": "dwindle.quantization",
     "Int8Dynamic": "dwindle.quantization",
     "PTQ": "dwindle.quantization",

@@ -1,5 +1,6 @@
 """Pruning: unstructured masks, criteria and schedules, block / N:M masks, sparse export,
-sensitivity scans (unstructured half), and neuron / filter / layer removal (structured half).
+sensitivity scans (unstructured half), and neuron / filter / layer / stage-width removal
+(structured half).
 
 Every module below registers its techniques with :func:`dwindle.config.register_technique`
 on import; public verbs, configs and primitives are re-exported here.
@@ -47,6 +48,12 @@ from dwindle.pruning.sparse import (
     to_coo,
     to_csr,
 )
+from dwindle.pruning.stage_width import (
+    ChannelGather,
+    StageWidthPruning,
+    keep_stage_channels_,
+    prune_stage_widths_,
+)
 from dwindle.pruning.structured import (
     FilterPruning,
     TracingError,
@@ -91,8 +98,10 @@ __all__ = [  # noqa: RUF022 - unstructured half first, then the structured half
     "PRUNABLE_TYPES",
     "FilterPruning",
     "LayerPruning",
+    "ChannelGather",
     "MaskCallback",
     "NeuronPruning",
+    "StageWidthPruning",
     "TracingError",
     "apply_masks",
     "block_scores",
@@ -100,6 +109,7 @@ __all__ = [  # noqa: RUF022 - unstructured half first, then the structured half
     "group_scores",
     "get_mask",
     "global_magnitude_masks",
+    "keep_stage_channels_",
     "magnitude_mask",
     "masked_parameters",
     "merge_plan",
@@ -108,6 +118,7 @@ __all__ = [  # noqa: RUF022 - unstructured half first, then the structured half
     "prune_filters_",
     "prune_layers_",
     "prune_neurons_",
+    "prune_stage_widths_",
     "removable_blocks",
     "remove_block",
     "remove_channels",

@@ -144,13 +144,18 @@ def trace_channels(
 
     ``needed``: module names that must appear in the traced graph (the layers to prune).
     """
+    from dwindle.pruning.stage_width import ChannelGather, gather_pruner
+
     tp = require("torch_pruning", "pruning", "structured pruning")
     was_training = model.training
     model.eval()  # tracing must not update batch-norm statistics
     with _watch_forward(model) as state, torch.enable_grad():
         try:
             graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, verbose=False
+                model,
+                example_inputs=example_input,
+                verbose=False,
+                customized_pruners={ChannelGather: gather_pruner()},  # a pruned option-A shortcut
             )
         except Exception as exc:  # tracing raises many unrelated types
             where = state["stack"][-1] if state["stack"] else None
@@ -283,9 +288,11 @@ def prune_filters_(
 
     Channel groups whose coupled layers are partly excluded, or which pass through an op that
     Torch-Pruning cannot map (an option-A shortcut's channel pad), are left whole; each such
-    decision is appended to ``notes``. The pruned model must run and give the original output
-    shapes on the example input; otherwise :class:`TracingError` names the failing layer and
-    the model is restored unchanged.
+    decision is appended to ``notes``. A shortcut that stage-width pruning turned into a
+    :class:`~dwindle.pruning.stage_width.ChannelGather` is followed (its index is updated), so
+    the residual streams on both its sides are pruned too. The pruned model must run and give
+    the original output shapes on the example input; otherwise :class:`TracingError` names the
+    failing layer and the model is restored unchanged.
     """
     notes = notes if notes is not None else []
     if config.scope == "group" and config.criterion == "taylor":
