@@ -4,14 +4,15 @@ Torch-Pruning at >= 2x fewer MACs, each measured in one run beside its baseline.
     python benchmarks/cifar_prune.py --only li2017           # target cifar_li2017_resnet56
     python benchmarks/cifar_prune.py --only vs_tp            # cifar_vs_torch_pruning_resnet56
     python benchmarks/cifar_prune.py --only distill chain    # KD vs labels; prune->int8->ONNX
+    python benchmarks/cifar_prune.py --only stage            # stage widths (option-A streams)
     python benchmarks/cifar_prune.py --device cuda           # the papers' fine-tuning budget
 
 Each part writes its own result file (benchmarks/results/cifar_li2017.json,
-cifar_vs_torch_pruning.json, cifar_distill.json, cifar_chain.json). Fine-tuned weights are
-cached in benchmarks/artifacts/ so an interrupted run resumes. CPU budget: a seeded training
-subset and one epoch (flags below); ``--device cuda`` defaults to the papers' budgets (Li et
-al. 2017: 40 retraining epochs; Torch-Pruning's benchmark: 100 epochs) on the whole training
-split.
+cifar_vs_torch_pruning.json, cifar_distill.json, cifar_chain.json, cifar_stage_width.json).
+Fine-tuned weights are cached in benchmarks/artifacts/ so an interrupted run resumes. CPU
+budget: a seeded training subset and one epoch (flags below); ``--device cuda`` defaults to the
+papers' budgets (Li et al. 2017: 40 retraining epochs; Torch-Pruning's benchmark: 100 epochs) on
+the whole training split.
 """
 
 from __future__ import annotations
@@ -290,13 +291,79 @@ def run_chain(args: Any, data: Any) -> None:
     print(f"wrote {out}")
 
 
-PARTS = {"li2017": run_li2017, "vs_tp": run_vs_tp, "distill": run_distill, "chain": run_chain}
+def run_stage(args: Any, data: Any) -> None:
+    """Stage widths (the residual streams through option-A shortcuts) vs block-internal only."""
+    from dwindle.export import check_onnx, export_onnx
+    from dwindle.pruning import StageWidthPruning, prune_stage_widths_
+
+    base = published("resnet56")
+    notes: list[str] = []
+    block = FilterPruning(
+        ratio=args.ratio, kept="down", criterion="l1", scope="group", targets=("layer*.*.conv1",)
+    )
+    stage = StageWidthPruning(ratio=args.stage_ratio, criterion="l1")
+    arms = {"block": prune_filters_(copy.deepcopy(base), block, example_input=EXAMPLE)}
+    arms["stage"] = copy.deepcopy(base)
+    kept = prune_stage_widths_(arms["stage"], stage, example_input=EXAMPLE)
+    arms["both"] = prune_filters_(copy.deepcopy(arms["stage"]), block, example_input=EXAMPLE)
+    widths = ", ".join(f"{k} {len(v)}" for k, v in kept.items())
+    log: list[str] = []
+    tuned = {
+        arm: finetune(
+            f"stage_{arm}_r{args.ratio}_s{args.stage_ratio}", m.eval(), None, data, args, log
+        )
+        for arm, m in arms.items()
+    }
+    onnx_path = ARTIFACTS / "cifar_stage_width.onnx"
+    export_onnx(tuned["both"], EXAMPLE, onnx_path)
+    diff = check_onnx(onnx_path, tuned["both"], EXAMPLE, atol=1e-3)
+    models = {
+        "resnet56_baseline": base,
+        "resnet56_block_conv1": tuned["block"],
+        "resnet56_stage_widths": tuned["stage"],
+        "resnet56_stage_widths_and_block": tuned["both"],
+    }
+    report = measure(models, data, args)
+    how = {v: f"{budget(args)}; labels" for v in models if v != "resnet56_baseline"}
+    out = write_results(
+        result_name("cifar_stage_width", args),
+        result_rows(report, how, args.device),
+        {},
+        columns=COLUMNS,
+        notes=[
+            "Published ResNet-56 (Idelbayev), accuracy on the 10,000 CIFAR-10 test images.",
+            f"block_conv1: FilterPruning(scope='group', l1) removes {args.ratio:.0%} of every "
+            "residual block's first-conv channels (what Torch-Pruning can do here); "
+            f"stage_widths: StageWidthPruning(l1) removes {args.stage_ratio:.0%} of each stage's "
+            f"residual-stream channels (kept: {widths}), the option-A shortcuts becoming "
+            "ChannelGather (Slice+Pad+Gather); stage_widths_and_block: both, stage widths first.",
+            f"stage_widths_and_block exported to ONNX ({onnx_path.name}) and run by onnxruntime "
+            f"alone: max |torch - ort| = {diff:.1e} on the example input.",
+            *log,
+            *notes,
+            *report.notes,
+        ],
+        extra_packages=("torch-pruning", "onnxruntime", "onnx"),
+    )
+    print(f"wrote {out}")
+
+
+PARTS = {
+    "li2017": run_li2017,
+    "vs_tp": run_vs_tp,
+    "distill": run_distill,
+    "chain": run_chain,
+    "stage": run_stage,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=["li2017", "vs_tp"])
     parser.add_argument("--ratio", type=float, default=0.51, help="vs_tp: conv1 channel ratio")
+    parser.add_argument(
+        "--stage-ratio", type=float, default=0.25, help="stage: residual-stream channel ratio"
+    )
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (cpu 1, cuda 40)")
     parser.add_argument("--train-limit", type=int, help="training subset (cpu 20000, cuda all)")
     parser.add_argument("--lr", type=float, default=0.01)
