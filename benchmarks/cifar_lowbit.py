@@ -180,11 +180,7 @@ def main() -> None:
             "metrics": base_metrics,
         }
     ]
-    kept = {
-        r["variant"]: r
-        for r in _previous_rows(result_name(NAME, args))
-        if r["variant"] != "resnet20_fp32"
-    }
+    mine: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
     for variant in args.only:
         print(f"== {variant}", flush=True)
@@ -192,7 +188,14 @@ def main() -> None:
         m = row["metrics"]
         m["accuracy_change_pt"] = round(100 * (m["accuracy"] - base_metrics["accuracy"]), 2)
         m["compression_rate"] = round(base_bytes / m["bytes"], 2)
-        kept[row["variant"]] = row
+        mine[row["variant"]] = row
+        # rows of other variants as the file holds them now (another run may have written it)
+        kept = {
+            r["variant"]: r
+            for r in _previous_rows(result_name(NAME, args))
+            if r["variant"] != "resnet20_fp32"
+        }
+        kept.update(mine)
         print(
             f"   {variant}: acc {m['accuracy']:.4f} ({m['accuracy_change_pt']:+.2f} pt) "
             f"bytes {m['bytes']}",
