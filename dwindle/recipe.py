@@ -33,7 +33,15 @@ from dwindle.errors import ConfigError
 from dwindle.metrics import MeasureConfig
 from dwindle.training import TrainConfig
 
-__all__ = ["BaselineSpec", "DataSpec", "ModelSpec", "Recipe", "Stage", "load_recipe"]
+__all__ = [
+    "BaselineSpec",
+    "DataSpec",
+    "ModelSpec",
+    "Recipe",
+    "Stage",
+    "load_recipe",
+    "read_yaml_mapping",
+]
 
 
 class ModelSpec(Config):
@@ -181,6 +189,20 @@ def _default_label(name: str, config: Config, index: int) -> str:
     return f"{index + 1}-{name}" + (f"-{key}" if key else "")
 
 
+def read_yaml_mapping(path: Path, what: str = "recipe", hint: str = "") -> dict[str, Any]:
+    """The YAML mapping in ``path``; a ConfigError naming ``what`` if missing, invalid or a
+    non-mapping (``hint`` is appended to that last message, e.g. " with a 'model' key")."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file {str(path)!r} does not exist (cwd: {Path.cwd()})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must be a YAML mapping{hint}")
+    return data
+
+
 def load_recipe(source: str | os.PathLike[str] | dict[str, Any]) -> Recipe:
     """Load and validate a recipe from a YAML file path or a dict; stages are checked too."""
     base_dir = None
@@ -188,14 +210,7 @@ def load_recipe(source: str | os.PathLike[str] | dict[str, Any]) -> Recipe:
         data = dict(source)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {str(path)!r} does not exist (cwd: {Path.cwd()})")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping with a 'model' key")
+        data = read_yaml_mapping(path, "recipe", " with a 'model' key")
         base_dir = str(path.resolve().parent)
     data.setdefault("base_dir", base_dir)
     recipe = validate_config(Recipe, data, "recipe")

@@ -19,7 +19,7 @@ import yaml
 from dwindle._imports import require
 from dwindle.errors import ConfigError
 from dwindle.export import ensure_dir
-from dwindle.recipe import load_recipe
+from dwindle.recipe import load_recipe, read_yaml_mapping
 from dwindle.search.space import SearchSpec, apply_params
 from dwindle.search.storage import SearchError, default_url, mask_url, open_storage
 from dwindle.search.study import (
@@ -74,14 +74,7 @@ def load_search_recipe(
         doc, base_dir = dict(source), source.get("base_dir")
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"search recipe {str(path)!r} does not exist (cwd: {Path.cwd()})")
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"search recipe {str(path)!r} is not valid YAML: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"search recipe {str(path)!r} must be a YAML mapping")
+        doc = read_yaml_mapping(path, "search recipe")
         base_dir = str(path.resolve().parent)
     if "search" not in doc:
         raise ConfigError(
