@@ -70,7 +70,9 @@ EXCLUDE = ("conv1", "linear")
 QAT_REV = 3
 
 
-def variant_config(variant: str, epochs: int, lr: float, device: str) -> QAT:
+def variant_config(
+    variant: str, epochs: int, lr: float, device: str, freeze_bn: int | None = None
+) -> QAT:
     tcfg = train_config(epochs, lr, device)
     if variant == "w4a4":
         kw: dict[str, Any] = dict(weight_bits=4, act_bits=4, learned_ranges=True, input_bits=8)
@@ -80,11 +82,11 @@ def variant_config(variant: str, epochs: int, lr: float, device: str) -> QAT:
         kw = dict(weight_bits=2, weight_method="ternary", act_bits=None)
     else:
         raise SystemExit(f"unknown variant {variant!r}; choose w4a4, w2a2 or ternary")
-    return QAT(**kw, exclude=EXCLUDE, train=tcfg, convert=True)
+    return QAT(**kw, exclude=EXCLUDE, train=tcfg, convert=True, freeze_bn_epoch=freeze_bn)
 
 
 def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> dict[str, Any]:
-    cfg = variant_config(variant, args.epochs, args.lr, args.device)
+    cfg = variant_config(variant, args.epochs, args.lr, args.device, args.freeze_bn_epoch)
     kd = "kd" if args.distill else ""
     key = hashlib.sha256(
         f"{cfg.model_dump_json()}{args.train_limit}{args.smoke}{QAT_REV}{kd}".encode()
@@ -125,7 +127,12 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         + f"/a{cfg.act_bits or 32}"
         + (" LSQ" if cfg.learned_ranges else ""),
         finetune=f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine"
-        + (", KD from the fp32 model (T=1, α=0.5)" if args.distill else ""),
+        + (", KD from the fp32 model (T=1, α=0.5)" if args.distill else "")
+        + (
+            f", BN statistics frozen after epoch {args.freeze_bn_epoch}"
+            if args.freeze_bn_epoch is not None
+            else ""
+        ),
         ran_on=args.device,
     )
     return {
@@ -151,6 +158,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="QAT epochs (cpu 2, cuda 60)")
     parser.add_argument("--train-limit", type=int, help="training subset (cpu 20000, cuda all)")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument(
+        "--freeze-bn-epoch",
+        type=int,
+        help="from this epoch on BN uses its running statistics (0: from the start)",
+    )
     parser.add_argument(
         "--distill",
         action="store_true",
