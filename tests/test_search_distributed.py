@@ -38,6 +38,20 @@ def _worker(url: str, study: str, n: int, sleep: float) -> subprocess.Popen[str]
     )
 
 
+def _communicate_or_explain(proc: subprocess.Popen[str], url: str, study: str) -> str:
+    """The worker's output; if it hangs, fail with that output and the trials' states."""
+    try:
+        return proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        from dwindle.search import open_storage
+
+        s = optuna.load_study(study_name=study, storage=open_storage(url, heartbeat=1))
+        states = [(t.number, t.state.name, t.user_attrs) for t in s.get_trials(deepcopy=False)]
+        pytest.fail(f"worker still running after 120 s; trials {states}; output:\n{out}")
+
+
 def _wait_for_start(proc: subprocess.Popen[str], count: int = 1) -> None:
     assert proc.stdout is not None
     seen = 0
@@ -105,7 +119,7 @@ def test_resume_after_the_only_worker_was_killed_loses_no_trial(tmp_path: Path) 
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     second = _worker(url, "resume", 4, 0.2)
-    out = second.communicate(timeout=120)[0]
+    out = _communicate_or_explain(second, url, "resume")
     assert second.returncode == 0, out
     stats = _check(url, "resume", 4)
     assert stats["retried"] == 1
