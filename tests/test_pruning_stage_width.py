@@ -56,6 +56,14 @@ def _writers(model: nn.Module, stage: str) -> list[tuple[nn.Conv2d, nn.BatchNorm
     return first + [(b.conv2, b.bn2) for b in blocks]
 
 
+def _silence(model: nn.Module, stage: str, channels: list[int]) -> None:
+    """Zero ``channels`` of a stage's stream at every layer writing it (filter, BN scale, shift)."""
+    for conv, bn in _writers(model, stage):
+        conv.weight.data[channels] = 0
+        bn.weight.data[channels] = 0
+        bn.bias.data[channels] = 0
+
+
 def _width(model: nn.Module, stage: str) -> int:
     return _writers(model, stage)[-1][0].out_channels
 
@@ -121,10 +129,7 @@ DROP = {
 def test_pruning_silenced_channels_keeps_outputs_exact(criterion: str) -> None:
     model = _tiny()
     for stage, drop in DROP.items():
-        for conv, bn in _writers(model, stage):
-            conv.weight.data[drop] = 0
-            bn.weight.data[drop] = 0
-            bn.bias.data[drop] = 0
+        _silence(model, stage, drop)
     ref = model(X)
     keep = prune_stage_widths_(
         model, StageWidthPruning(ratio=0.25, criterion=criterion), example_input=RGB
@@ -275,10 +280,7 @@ def test_filter_pruning_follows_a_channel_gather_exactly() -> None:
     zeros = (model.layer2[0].shortcut.index == 6).nonzero().flatten().tolist()
     silenced = {"layer1": [0, 3, 4], "layer2": zeros[:6]}  # layer2: channels fed a zero
     for stage, chans in silenced.items():
-        for conv, bn in _writers(model, stage):
-            conv.weight.data[chans] = 0
-            bn.weight.data[chans] = 0
-            bn.bias.data[chans] = 0
+        _silence(model, stage, chans)
     ref = model(X)
     targets = ("conv1", "layer1.*.conv2", "layer2.*.conv2")  # the writers of two streams
     notes: list[str] = []
