@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import randomize_bn
 from torch import nn
 
 import dwindle as dw
@@ -37,16 +38,9 @@ STAGES = ("layer1", "layer2", "layer3")
 def _tiny(depth: int = 14, width: int = 8, seed: int = 0) -> ResNetCifar:
     """A small CIFAR ResNet (2 blocks per stage) with non-trivial batch-norm statistics."""
     torch.manual_seed(seed)
-    model = create("resnet", depth=depth, width=width)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.3)
-    return model.eval()
+    model = randomize_bn(create("resnet", depth=depth, width=width), seed=seed + 1, shift=0.3)
+    assert isinstance(model, ResNetCifar)
+    return model
 
 
 def _writers(model: nn.Module, stage: str) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import randomize_bn
 from torch import nn
 
 from dwindle import data as dwdata
@@ -31,19 +32,6 @@ IMG = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 RGB = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics so that identity checks mean something."""
-    gen = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
-    return model.eval()
-
-
 def _silence(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: list[int]) -> None:
     """Make ``channels`` of conv→bn exactly zero (and of least L1 norm)."""
     conv.weight.data[channels] = 0
@@ -56,7 +44,7 @@ def _silence(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: list[int]) -> None:
 
 def test_removing_zero_channels_keeps_outputs_identical() -> None:
     torch.manual_seed(0)
-    model = _randomize_bn(create("cnn4bn"))
+    model = randomize_bn(create("cnn4bn"))
     f = model.features
     for i, width in enumerate((32, 32, 64, 64), start=1):
         _silence(getattr(f, f"conv{i}"), getattr(f, f"bn{i}"), list(range(0, width, 4)))
@@ -81,7 +69,7 @@ def test_params_and_flops_equal_the_narrower_architecture() -> None:
 
 
 def test_remove_channels_primitive_prunes_one_group_by_hand() -> None:
-    model = _randomize_bn(create("cnn4bn"))
+    model = randomize_bn(create("cnn4bn"))
     _silence(model.features.conv3, model.features.bn3, [1, 5, 9])
     x = torch.randn(4, 1, 28, 28)
     ref = model(x)
@@ -124,7 +112,7 @@ class _TinyResNet(nn.Module):
 
 
 def test_residual_adds_and_concat_stay_consistent() -> None:
-    model = _randomize_bn(_TinyResNet())
+    model = randomize_bn(_TinyResNet())
     chans = [2, 5]
     _silence(model.stem, model.bn, chans)
     for b in model.blocks:
@@ -141,7 +129,7 @@ def test_residual_adds_and_concat_stay_consistent() -> None:
 
 
 def test_resnet20_blocks_pruned_and_option_a_shortcut_left_whole() -> None:
-    model = _randomize_bn(create("resnet20"))
+    model = randomize_bn(create("resnet20"))
     block = model.layer2[1]
     _silence(block.conv1, block.bn1, list(range(16)))
     x = torch.randn(2, 3, 32, 32)
@@ -163,7 +151,7 @@ def test_onnx_export_of_pruned_model_runs_in_onnxruntime(tmp_path: Path) -> None
     pytest.importorskip("onnxruntime")
     from dwindle.export.onnx_io import check_onnx, export_onnx
 
-    model = _randomize_bn(create("cnn4bn"))
+    model = randomize_bn(create("cnn4bn"))
     prune_filters_(model, FilterPruning(ratio=0.5), example_input=IMG)
     path = export_onnx(model, IMG, tmp_path / "pruned.onnx")
     assert check_onnx(path, model, torch.randn(4, 1, 28, 28), atol=1e-4) < 1e-4
@@ -217,7 +205,7 @@ def test_activation_neuron_pruning_drops_dead_units() -> None:
 
 
 def test_block_removal_keeps_resnet_runnable() -> None:
-    model = _randomize_bn(create("resnet20"))
+    model = randomize_bn(create("resnet20"))
     blocks = removable_blocks(model, RGB)
     assert blocks == [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3) if (s, i) not in {
         (2, 0), (3, 0)}]  # fmt: skip
