@@ -3,11 +3,12 @@
 Teacher: 2×1200 ReLU MLP, dropout 0.5 on hidden units and 0.2 on inputs, random ±2 px
 translations (the paper's "jittered" input), max-norm weights, SGD with momentum.
 Student: 2×800 ReLU MLP with no regularisation, trained alone on labels, and the same
-student (same initial weights, same schedule) distilled at T = 20 on the un-jittered training
-set, where the cache serves the teacher's outputs after the first epoch.
+student (same initial weights, same schedule but its own peak lr) distilled at T = 20 on the
+un-jittered training set, where the cache serves the teacher's outputs after the first epoch.
 
     python benchmarks/distill_hinton.py [--teacher-epochs 40] [--student-epochs 30]
         [--teacher-extra-epochs N --extra-lr 0.02] [--student-jitter]
+        [--alone-lr 0.05 --kd-lr 0.02]      # defaults: distill_hinton_lr.py's validation picks
 
 ``--student-jitter`` trains both students on the teacher's jittered inputs and writes
 distill_hinton_jitter.{json,md} instead (not the target's protocol).
@@ -35,6 +36,12 @@ from dwindle.metrics import MeasureConfig, compare
 from dwindle.training import Callback, TrainState
 
 TEACHER_FILE = ARTIFACTS / "hinton_teacher_2x1200.safetensors"
+# Each student's peak lr (SGD momentum 0.9, cosine, 30 epochs): the one with the fewest
+# validation errors (5 000 held-out images) in benchmarks/distill_hinton_lr.py's sweep
+# (results/distill_hinton_lr.md). At T = 20 the T²-scaled soft loss pulls the logits harder
+# than the label loss does, so the distilled student wants a lower lr than the one alone.
+ALONE_LR = 0.05
+KD_LR = 0.02
 
 
 def jitter(x: Tensor, gen: torch.Generator, shift: int = 2) -> Tensor:
@@ -90,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher-epochs", type=int, default=40)
     parser.add_argument("--student-epochs", type=int, default=30)
+    parser.add_argument("--alone-lr", type=float, default=ALONE_LR, help="student alone")
+    parser.add_argument("--kd-lr", type=float, default=KD_LR, help="distilled student")
     parser.add_argument("--retrain-teacher", action="store_true")
     parser.add_argument("--teacher-extra-epochs", type=int, default=0)
     parser.add_argument("--extra-lr", type=float, default=0.02)
@@ -120,7 +129,7 @@ def main() -> None:
 
     student_cfg = dw.TrainConfig(
         epochs=args.student_epochs,
-        lr=0.05,
+        lr=args.alone_lr,
         momentum=0.9,
         schedule="cosine",
         augment=args.student_jitter,
@@ -137,7 +146,8 @@ def main() -> None:
     teacher.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     tick = time.perf_counter()
     kd = DistillConfig(temperature=20.0, alpha=0.9, cache_mb=256)
-    distill(distilled, teacher, data, kd, train=student_cfg)
+    kd_cfg = student_cfg.model_copy(update={"lr": args.kd_lr})
+    distill(distilled, teacher, data, kd, train=dw.TrainConfig.from_dict(kd_cfg.model_dump()))
     seconds["student_kd_t20"] = time.perf_counter() - tick
     teacher_batches = calls[0]  # before measurement runs the teacher again
 
@@ -157,6 +167,11 @@ def main() -> None:
         metrics["n_test"] = data.size("test")
         metrics["test_errors"] = round((1 - metrics["accuracy"]) * metrics["n_test"])
         metrics["train_seconds"] = round(seconds.get(name, 0.0), 1) or None
+        model = models[name].eval()
+        val_acc = dw.evaluate(model, data, "val")["accuracy"]
+        metrics["val_errors"] = round((1 - val_acc) * data.size("val"))
+        if name != "teacher_2x1200":
+            metrics["peak_lr"] = args.kd_lr if name == "student_kd_t20" else args.alone_lr
         if name == "student_kd_t20":
             metrics["teacher_forward_batches"] = teacher_batches
         rows.append(
@@ -179,6 +194,8 @@ def main() -> None:
         else {"hinton_kd_mnist": {"baseline": "student_alone", "candidate": "student_kd_t20"}},
         columns=[
             ("test errors", "metrics.test_errors"),
+            ("val errors (of 5 000)", "metrics.val_errors"),
+            ("peak lr", "metrics.peak_lr"),
             ("paper errors", "paper.test_errors"),
             ("params", "metrics.params"),
             ("p50 b32 ms", "metrics.latency_ms.b32.p50"),
@@ -187,8 +204,10 @@ def main() -> None:
         ],
         notes=[
             f"teacher: {'; '.join(phases)} (dropout 0.5/0.2, ±2 px jitter, max-norm "
-            f"3.5, SGD momentum 0.9, cosine schedule); students: {args.student_epochs} epochs, "
-            "same init and schedule, no regularisation"
+            f"3.5, SGD momentum 0.9, cosine schedule); students: {args.student_epochs} epochs "
+            "(SGD momentum 0.9, cosine), same init, no regularisation, peak lr "
+            f"{args.alone_lr} alone and {args.kd_lr} distilled (each student's fewest validation "
+            "errors in distill_hinton_lr.md's sweep)"
             + (", both on ±2 px jittered inputs" if args.student_jitter else "")
             + "; KD: T=20, α=0.9 (soft-target weight), transfer set = the training split"
             + (
