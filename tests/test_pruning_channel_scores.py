@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_pruning_structured import _randomize_bn
+from model_helpers import randomize_bn
 from torch import nn
 
 from dwindle import data as dwdata
@@ -40,7 +40,7 @@ def _conv_bn_conv() -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(4 * 32 * 32, 5),
     )
-    return _randomize_bn(model).eval()
+    return randomize_bn(model)
 
 
 def test_group_scope_sums_every_weight_the_channel_takes_along() -> None:
