@@ -1,4 +1,4 @@
-"""Shared test helpers for models: non-trivial batch-norm state for exactness checks."""
+"""Shared test helpers for models: non-trivial batch-norm state, silenced channels."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def randomize_bn(model: nn.Module, seed: int = 1, shift: float = 0.1) -> nn.Modu
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=gen) * shift)
     return model.eval()
+
+
+def silence(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: list[int]) -> None:
+    """Make ``channels`` of conv→bn exactly zero (and of least L1 norm)."""
+    conv.weight.data[channels] = 0
+    for t in (bn.weight.data, bn.bias.data, bn.running_mean):
+        t[channels] = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import randomize_bn
+from model_helpers import randomize_bn, silence
 from torch import nn
 
 import dwindle as dw
@@ -50,12 +50,10 @@ def _writers(model: nn.Module, stage: str) -> list[tuple[nn.Conv2d, nn.BatchNorm
     return first + [(b.conv2, b.bn2) for b in blocks]
 
 
-def _silence(model: nn.Module, stage: str, channels: list[int]) -> None:
-    """Zero ``channels`` of a stage's stream at every layer writing it (filter, BN scale, shift)."""
+def _silence_stage(model: nn.Module, stage: str, channels: list[int]) -> None:
+    """Zero ``channels`` of a stage's stream at every conv→bn writing it."""
     for conv, bn in _writers(model, stage):
-        conv.weight.data[channels] = 0
-        bn.weight.data[channels] = 0
-        bn.bias.data[channels] = 0
+        silence(conv, bn, channels)
 
 
 def _width(model: nn.Module, stage: str) -> int:
@@ -123,7 +121,7 @@ DROP = {
 def test_pruning_silenced_channels_keeps_outputs_exact(criterion: str) -> None:
     model = _tiny()
     for stage, drop in DROP.items():
-        _silence(model, stage, drop)
+        _silence_stage(model, stage, drop)
     ref = model(X)
     keep = prune_stage_widths_(
         model, StageWidthPruning(ratio=0.25, criterion=criterion), example_input=RGB
@@ -274,7 +272,7 @@ def test_filter_pruning_follows_a_channel_gather_exactly() -> None:
     zeros = (model.layer2[0].shortcut.index == 6).nonzero().flatten().tolist()
     silenced = {"layer1": [0, 3, 4], "layer2": zeros[:6]}  # layer2: channels fed a zero
     for stage, chans in silenced.items():
-        _silence(model, stage, chans)
+        _silence_stage(model, stage, chans)
     ref = model(X)
     targets = ("conv1", "layer1.*.conv2", "layer2.*.conv2")  # the writers of two streams
     notes: list[str] = []

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import randomize_bn
+from model_helpers import randomize_bn, silence
 from torch import nn
 
 from dwindle import data as dwdata
@@ -32,13 +32,6 @@ IMG = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 RGB = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-def _silence(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: list[int]) -> None:
-    """Make ``channels`` of conv→bn exactly zero (and of least L1 norm)."""
-    conv.weight.data[channels] = 0
-    for t in (bn.weight.data, bn.bias.data, bn.running_mean):
-        t[channels] = 0
-
-
 # --- physical removal ------------------------------------------------------------------------
 
 
@@ -47,7 +40,7 @@ def test_removing_zero_channels_keeps_outputs_identical() -> None:
     model = randomize_bn(create("cnn4bn"))
     f = model.features
     for i, width in enumerate((32, 32, 64, 64), start=1):
-        _silence(getattr(f, f"conv{i}"), getattr(f, f"bn{i}"), list(range(0, width, 4)))
+        silence(getattr(f, f"conv{i}"), getattr(f, f"bn{i}"), list(range(0, width, 4)))
     x = torch.randn(8, 1, 28, 28)
     ref = model(x)
     prune_filters_(model, FilterPruning(ratio=0.25, criterion="l1"), example_input=IMG)
@@ -70,7 +63,7 @@ def test_params_and_flops_equal_the_narrower_architecture() -> None:
 
 def test_remove_channels_primitive_prunes_one_group_by_hand() -> None:
     model = randomize_bn(create("cnn4bn"))
-    _silence(model.features.conv3, model.features.bn3, [1, 5, 9])
+    silence(model.features.conv3, model.features.bn3, [1, 5, 9])
     x = torch.randn(4, 1, 28, 28)
     ref = model(x)
     touched = remove_channels(model, "features.conv3", [1, 5, 9], IMG)
@@ -114,9 +107,9 @@ class _TinyResNet(nn.Module):
 def test_residual_adds_and_concat_stay_consistent() -> None:
     model = randomize_bn(_TinyResNet())
     chans = [2, 5]
-    _silence(model.stem, model.bn, chans)
+    silence(model.stem, model.bn, chans)
     for b in model.blocks:
-        _silence(b["conv2"], b["bn2"], chans)
+        silence(b["conv2"], b["bn2"], chans)
     model.right.weight.data[[0, 3]] = 0
     model.right.bias.data[[0, 3]] = 0
     x = torch.randn(3, 3, 32, 32)
@@ -131,7 +124,7 @@ def test_residual_adds_and_concat_stay_consistent() -> None:
 def test_resnet20_blocks_pruned_and_option_a_shortcut_left_whole() -> None:
     model = randomize_bn(create("resnet20"))
     block = model.layer2[1]
-    _silence(block.conv1, block.bn1, list(range(16)))
+    silence(block.conv1, block.bn1, list(range(16)))
     x = torch.randn(2, 3, 32, 32)
     ref = model(x)
     notes: list[str] = []
