@@ -69,6 +69,23 @@ class MaxNorm(Callback):
                     m.weight.data = torch.renorm(m.weight.data, 2, 0, self.limit)
 
 
+# Hinton's setting (T = 20, soft targets weighted 0.9), shared with distill_hinton_lr.py.
+KD = DistillConfig(temperature=20.0, alpha=0.9, cache_mb=256)
+
+
+def student_config(epochs: int, lr: float, jittered: bool = False) -> dw.TrainConfig:
+    """Both students' schedule: SGD momentum 0.9, cosine from ``lr``, no regularisation."""
+    return dw.TrainConfig(
+        epochs=epochs, lr=lr, momentum=0.9, schedule="cosine", augment=jittered, progress=False
+    )
+
+
+def errors(model: nn.Module, data: Any, split: str) -> int:
+    """Misclassified images of ``split``."""
+    acc = dw.evaluate(model.eval(), data, split)["accuracy"]
+    return round((1 - acc) * data.size(split))
+
+
 def teacher_model() -> nn.Module:
     mlp = dw.models.create("mlp", hidden=(1200, 1200), dropout=0.5, num_classes=10)
     return nn.Sequential(nn.Dropout(0.2), mlp)
@@ -127,27 +144,20 @@ def main() -> None:
         train_teacher(teacher, data, args.teacher_extra_epochs, args.extra_lr, seconds)
     teacher.eval()
 
-    student_cfg = dw.TrainConfig(
-        epochs=args.student_epochs,
-        lr=args.alone_lr,
-        momentum=0.9,
-        schedule="cosine",
-        augment=args.student_jitter,
-        progress=False,
-    )
+    lrs = {"student_alone": args.alone_lr, "student_kd_t20": args.kd_lr}
+    epochs, jittered = args.student_epochs, args.student_jitter
+    cfgs = {name: student_config(epochs, lr, jittered) for name, lr in lrs.items()}
     init = student_model()
     alone = copy.deepcopy(init)
     tick = time.perf_counter()
-    dw.train(alone, data, student_cfg)
+    dw.train(alone, data, cfgs["student_alone"])
     seconds["student_alone"] = time.perf_counter() - tick
 
     distilled = copy.deepcopy(init)
     calls = [0]
     teacher.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     tick = time.perf_counter()
-    kd = DistillConfig(temperature=20.0, alpha=0.9, cache_mb=256)
-    kd_cfg = student_cfg.model_copy(update={"lr": args.kd_lr})
-    distill(distilled, teacher, data, kd, train=dw.TrainConfig.from_dict(kd_cfg.model_dump()))
+    distill(distilled, teacher, data, KD, train=cfgs["student_kd_t20"])
     seconds["student_kd_t20"] = time.perf_counter() - tick
     teacher_batches = calls[0]  # before measurement runs the teacher again
 
@@ -167,11 +177,9 @@ def main() -> None:
         metrics["n_test"] = data.size("test")
         metrics["test_errors"] = round((1 - metrics["accuracy"]) * metrics["n_test"])
         metrics["train_seconds"] = round(seconds.get(name, 0.0), 1) or None
-        model = models[name].eval()
-        val_acc = dw.evaluate(model, data, "val")["accuracy"]
-        metrics["val_errors"] = round((1 - val_acc) * data.size("val"))
-        if name != "teacher_2x1200":
-            metrics["peak_lr"] = args.kd_lr if name == "student_kd_t20" else args.alone_lr
+        metrics["val_errors"] = errors(models[name], data, "val")
+        if name in lrs:
+            metrics["peak_lr"] = lrs[name]
         if name == "student_kd_t20":
             metrics["teacher_forward_batches"] = teacher_batches
         rows.append(

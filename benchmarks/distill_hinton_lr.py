@@ -18,16 +18,11 @@ from typing import Any
 
 import torch
 from _common import write_results
-from distill_hinton import TEACHER_FILE, jitter, student_model, teacher_model
+from distill_hinton import KD, TEACHER_FILE, errors, student_config, student_model, teacher_model
 
 import dwindle as dw
-from dwindle.distillation import DistillConfig, distill
+from dwindle.distillation import distill
 from dwindle.export import load_weights
-
-
-def errors(model: torch.nn.Module, data: Any, split: str) -> int:
-    acc = dw.evaluate(model.eval(), data, split)["accuracy"]
-    return round((1 - acc) * data.size(split))
 
 
 def main() -> None:
@@ -41,22 +36,20 @@ def main() -> None:
     if not TEACHER_FILE.exists():
         raise SystemExit(f"{TEACHER_FILE} is missing: run benchmarks/distill_hinton.py first")
     data = dw.data.load("mnist")
-    data.augment = jitter  # unused: the students train with augment=False
     teacher = teacher_model()
     load_weights(teacher, TEACHER_FILE)
     teacher.eval()
     rows: list[dict[str, Any]] = []
+    best: dict[str, tuple[int, float]] = {}  # kind -> (fewest validation errors, its lr)
     runs = [("alone", lr) for lr in args.alone_lrs] + [("kd_t20", lr) for lr in args.kd_lrs]
     for kind, lr in runs:
-        cfg = dw.TrainConfig(
-            epochs=args.epochs, lr=lr, momentum=0.9, schedule="cosine", progress=False
-        )
+        cfg = student_config(args.epochs, lr)
         student = student_model()
         tick = time.perf_counter()
         if kind == "alone":
             dw.train(student, data, cfg)
         else:
-            distill(student, teacher, data, DistillConfig(temperature=20.0, alpha=0.9), train=cfg)
+            distill(student, teacher, data, KD, train=cfg)
         metrics = {
             "peak_lr": lr,
             "val_errors": errors(student, data, "val"),
@@ -64,6 +57,8 @@ def main() -> None:
             "train_seconds": round(time.perf_counter() - tick, 1),
         }
         print(f"   {kind} lr {lr}: {metrics}", flush=True)
+        score = (metrics["val_errors"], lr)
+        best[kind] = min(best.get(kind, score), score)
         rows.append(
             {
                 "variant": f"student_{kind}_lr{lr:g}",
@@ -73,14 +68,6 @@ def main() -> None:
                 "metrics": metrics,
             }
         )
-    best = {
-        kind: min(
-            (r for r in rows if r["variant"].startswith(f"student_{kind}_")),
-            key=lambda r: r["metrics"]["val_errors"],
-        )["metrics"]["peak_lr"]
-        for kind in ("alone", "kd_t20")
-        if any(r["variant"].startswith(f"student_{kind}_") for r in rows)
-    }
     write_results(
         "distill_hinton_lr",
         rows,
@@ -95,7 +82,7 @@ def main() -> None:
             f"{args.epochs} epochs, SGD momentum 0.9, cosine, same initial weights, plain "
             "55 000-image training split; KD at T=20, α=0.9 from the 2×1200 teacher.",
             "fewest validation errors: "
-            + ", ".join(f"{k} at lr {v:g}" for k, v in best.items())
+            + ", ".join(f"{k} at lr {lr:g}" for k, (_, lr) in best.items())
             + " (the lrs distill_hinton.py uses).",
         ],
     )
