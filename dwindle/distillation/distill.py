@@ -70,9 +70,9 @@ class DistillConfig(Config):
     ``loss``: ``kd`` (Hinton et al. 2015; ``alpha`` weighs the T²-scaled soft term against the
     label loss) or ``mse`` (logit matching, Ba & Caruana 2014; ``alpha`` weighs it likewise).
     At a high temperature the T²-scaled term's gradient approaches the logit difference
-    (z_s - z_t)/K, which can be larger than the label loss's, so a student often wants a lower learning
-    rate than it would train with alone (benchmarks/results/distill_hinton.md picks each
-    student's lr on the validation split).
+    (z_s - z_t)/K, which can be larger than the label loss's, so a student often wants a lower
+    learning rate than it would train with alone (benchmarks/results/distill_hinton.md picks
+    each student's lr on the validation split).
     ``hints``/``attention`` add feature losses. ``teacher_weights`` and ``combine`` mix several
     teachers. ``transfer`` picks the inputs; ``cache_mb`` bounds the memory for cached teacher
     outputs (0 disables the cache). ``train`` is the trainer's config.
