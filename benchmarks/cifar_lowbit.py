@@ -3,6 +3,7 @@
     python benchmarks/cifar_lowbit.py                         # w4a4, then w2a2 and ternary
     python benchmarks/cifar_lowbit.py --only w4a4 --epochs 2
     python benchmarks/cifar_lowbit.py --device cuda           # the papers' budget
+    python benchmarks/cifar_lowbit.py --only w4a4 --epochs 12 --more-epochs 6  # warm restart
 
 Target cifar_w4a4_resnet20: test error <= +0.5 pt vs the fp32 checkpoint. Weights and
 activations use learned step sizes (LSQ, Esser et al. 2020; PACT, Choi et al. 2018, learns the
@@ -85,6 +86,23 @@ def variant_config(
     return QAT(**kw, exclude=EXCLUDE, train=tcfg, convert=True, freeze_bn_epoch=freeze_bn)
 
 
+def _fine_tune(
+    prepared: torch.nn.Module, base: torch.nn.Module, data: Any, cfg: QAT, path: Any, args: Any
+) -> None:
+    """QAT-train ``prepared`` with ``cfg`` (by KD from ``base`` with --distill) and cache it."""
+    start = time.perf_counter()
+    callbacks = [FreezeQuantStats(cfg)]
+    if args.distill:  # LSQ §3.6: the full-precision model teaches, T = 1, equal weights
+        kd = DistillConfig(temperature=1.0, alpha=0.5, cache_mb=0)
+        distill(prepared, base.eval(), data, kd, train=cfg.train, callbacks=callbacks)
+    else:
+        train(prepared, data, cfg.train, callbacks=callbacks)
+    prepared.to("cpu")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    save(prepared, path)
+    print(f"   QAT in {time.perf_counter() - start:.0f} s -> {path.name}", flush=True)
+
+
 def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> dict[str, Any]:
     cfg = variant_config(variant, args.epochs, args.lr, args.device, args.freeze_bn_epoch)
     kd = "kd" if args.distill else ""
@@ -98,17 +116,18 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         load_weights(prepared, path)
         print(f"   {variant}: QAT weights reused from {path.name}", flush=True)
     else:
-        start = time.perf_counter()
-        callbacks = [FreezeQuantStats(cfg)]
-        if args.distill:  # LSQ §3.6: the full-precision model teaches, T = 1, equal weights
-            kd = DistillConfig(temperature=1.0, alpha=0.5, cache_mb=0)
-            distill(prepared, base.eval(), data, kd, train=cfg.train, callbacks=callbacks)
+        _fine_tune(prepared, base, data, cfg, path, args)
+    if args.more_epochs:  # a second cosine cycle from the first one's weights (warm restart)
+        more = variant_config(
+            variant, args.more_epochs, args.more_lr, args.device, args.freeze_bn_epoch
+        )
+        key = hashlib.sha256(f"{key}{more.model_dump_json()}".encode()).hexdigest()[:8]
+        path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
+        if path.exists():
+            load_weights(prepared, path)
+            print(f"   {variant}: continued QAT weights reused from {path.name}", flush=True)
         else:
-            train(prepared, data, cfg.train, callbacks=callbacks)
-        prepared.to("cpu")
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        save(prepared, path)
-        print(f"   {variant}: QAT in {time.perf_counter() - start:.0f} s", flush=True)
+            _fine_tune(prepared, base, data, more, path, args)
     prepared.eval()
     metrics = evaluate_accuracy(prepared, data, batch_size=500)
     packed = convert_qat(prepared)
@@ -127,6 +146,11 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         + f"/a{cfg.act_bits or 32}"
         + (" LSQ" if cfg.learned_ranges else ""),
         finetune=f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine"
+        + (
+            f", then {args.more_epochs} more at lr {args.more_lr} cosine (warm restart)"
+            if args.more_epochs
+            else ""
+        )
         + (", KD from the fp32 model (T=1, α=0.5)" if args.distill else "")
         + (
             f", BN statistics frozen after epoch {args.freeze_bn_epoch}"
@@ -168,6 +192,13 @@ def main() -> None:
         action="store_true",
         help="fine-tune with the fp32 checkpoint as teacher (LSQ's KD setting: T=1, α=0.5)",
     )
+    parser.add_argument(
+        "--more-epochs",
+        type=int,
+        default=0,
+        help="continue the (cached) QAT run for this many epochs, a second cosine cycle",
+    )
+    parser.add_argument("--more-lr", type=float, default=0.002, help="peak lr of --more-epochs")
     parser.add_argument("--agreement", type=int, default=500, help="test images, packed check")
     add_device_args(parser)
     args = parser.parse_args()
