@@ -1,9 +1,13 @@
-"""Shared test helpers for models: non-trivial batch-norm state, silenced channels."""
+"""Shared test helpers for models: non-trivial batch-norm state, silenced channels, a tiny
+CIFAR ResNet and its residual-stream writers."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from dwindle.models import create
+from dwindle.models.resnet import ResNetCifar
 
 
 def randomize_bn(model: nn.Module, seed: int = 1, shift: float = 0.1) -> nn.Module:
@@ -29,3 +33,23 @@ def silence(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: list[int]) -> None:
     conv.weight.data[channels] = 0
     for t in (bn.weight.data, bn.bias.data, bn.running_mean):
         t[channels] = 0
+
+
+def tiny_resnet(depth: int = 14, width: int = 8, seed: int = 0) -> ResNetCifar:
+    """A small CIFAR ResNet (2 blocks per stage) with non-trivial batch-norm statistics."""
+    torch.manual_seed(seed)
+    model = randomize_bn(create("resnet", depth=depth, width=width), seed=seed + 1, shift=0.3)
+    assert isinstance(model, ResNetCifar)
+    return model
+
+
+def stream_writers(model: nn.Module, stage: str) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    """The conv/bn pairs that write a stage's residual stream (the stem too for layer1)."""
+    first = [(model.conv1, model.bn1)] if stage == "layer1" else []
+    blocks = [b for b in getattr(model, stage) if not isinstance(b, nn.Identity)]
+    return first + [(b.conv2, b.bn2) for b in blocks]
+
+
+def stream_width(model: nn.Module, stage: str) -> int:
+    """Channels of a stage's residual stream."""
+    return stream_writers(model, stage)[-1][0].out_channels

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import randomize_bn, silence
+from model_helpers import silence, stream_width, stream_writers, tiny_resnet
 from torch import nn
 
 import dwindle as dw
@@ -17,13 +17,12 @@ from dwindle.config import StageContext, apply, get_technique
 from dwindle.errors import ConfigError
 from dwindle.metrics import count_flops, count_params
 from dwindle.models import create
-from dwindle.models.resnet import DownsampleA, ResNetCifar
+from dwindle.models.resnet import DownsampleA
 from dwindle.pipeline import run_recipe
 from dwindle.pruning import (
     ChannelGather,
     FilterPruning,
     StageWidthPruning,
-    TracingError,
     keep_stage_channels_,
     prune_filters_,
     prune_stage_widths_,
@@ -35,29 +34,10 @@ X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
 STAGES = ("layer1", "layer2", "layer3")
 
 
-def _tiny(depth: int = 14, width: int = 8, seed: int = 0) -> ResNetCifar:
-    """A small CIFAR ResNet (2 blocks per stage) with non-trivial batch-norm statistics."""
-    torch.manual_seed(seed)
-    model = randomize_bn(create("resnet", depth=depth, width=width), seed=seed + 1, shift=0.3)
-    assert isinstance(model, ResNetCifar)
-    return model
-
-
-def _writers(model: nn.Module, stage: str) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    """The conv/bn pairs that write a stage's residual stream (the stem too for layer1)."""
-    first = [(model.conv1, model.bn1)] if stage == "layer1" else []
-    blocks = [b for b in getattr(model, stage) if not isinstance(b, nn.Identity)]
-    return first + [(b.conv2, b.bn2) for b in blocks]
-
-
 def _silence_stage(model: nn.Module, stage: str, channels: list[int]) -> None:
     """Zero ``channels`` of a stage's stream at every conv→bn writing it."""
-    for conv, bn in _writers(model, stage):
+    for conv, bn in stream_writers(model, stage):
         silence(conv, bn, channels)
-
-
-def _width(model: nn.Module, stage: str) -> int:
-    return _writers(model, stage)[-1][0].out_channels
 
 
 def _masked(model: nn.Module, keep: Mapping[str, Sequence[int]]) -> nn.Module:
@@ -75,7 +55,7 @@ def _masked(model: nn.Module, keep: Mapping[str, Sequence[int]]) -> nn.Module:
         return hook
 
     for stage in STAGES:
-        mask = torch.zeros(_width(ref, stage))
+        mask = torch.zeros(stream_width(ref, stage))
         mask[list(keep.get(stage, range(len(mask))))] = 1
         if stage == "layer1":  # relu(0) = 0: masking the stem's bn1 zeroes the stem's output
             ref.bn1.register_forward_hook(zero_dropped(mask))
@@ -119,7 +99,7 @@ DROP = {
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
 def test_pruning_silenced_channels_keeps_outputs_exact(criterion: str) -> None:
-    model = _tiny()
+    model = tiny_resnet()
     for stage, drop in DROP.items():
         _silence_stage(model, stage, drop)
     ref = model(X)
@@ -128,7 +108,7 @@ def test_pruning_silenced_channels_keeps_outputs_exact(criterion: str) -> None:
     )
     widths = dict(zip(STAGES, (8, 16, 32), strict=True))
     assert keep == {s: sorted(set(range(widths[s])) - set(DROP[s])) for s in STAGES}
-    assert [_width(model, s) for s in STAGES] == [6, 12, 24]
+    assert [stream_width(model, s) for s in STAGES] == [6, 12, 24]
     assert model.layer1[0].conv1.in_channels == 6 and model.layer2[0].conv1.in_channels == 6
     assert model.layer2[1].conv1.in_channels == 12 and model.linear.in_features == 24
     assert isinstance(model.layer2[1].shortcut, nn.Identity)
@@ -141,18 +121,18 @@ def test_pruning_silenced_channels_keeps_outputs_exact(criterion: str) -> None:
 
 
 def test_primitive_equals_zeroed_stream_on_pruned_and_layer_pruned_models() -> None:
-    model = _tiny()
+    model = tiny_resnet()
     remove_block(model, "layer2.1")  # a removed block passes the stream through
     prune_filters_(model, FilterPruning(ratio=0.5, targets=("layer*.*.conv1",)), example_input=RGB)
     gen = torch.Generator().manual_seed(3)
     for round_ in range(2):  # the second round starts from ChannelGather shortcuts
-        keep = {s: torch.randperm(_width(model, s), generator=gen)[: _width(model, s) * 3 // 4]
-                for s in STAGES}  # fmt: skip
+        widths = {s: stream_width(model, s) for s in STAGES}
+        keep = {s: torch.randperm(w, generator=gen)[: w * 3 // 4] for s, w in widths.items()}
         keep = {s: sorted(k.tolist()) for s, k in keep.items()}
         ref = _masked(model, keep)(X)
         changed = keep_stage_channels_(model, keep, example_input=RGB)
         assert "layer3.0.shortcut" in changed and "linear" in changed
-        assert [_width(model, s) for s in STAGES] == [len(keep[s]) for s in STAGES], round_
+        assert [stream_width(model, s) for s in STAGES] == [len(keep[s]) for s in STAGES], round_
         assert torch.allclose(model(X), ref, atol=1e-5), (round_, (model(X) - ref).abs().max())
     assert model.layer1[0].conv1.out_channels == 4  # FilterPruning's narrowing is untouched
 
@@ -164,7 +144,7 @@ def test_params_and_flops_drop_output_shape_kept_and_model_trains() -> None:
     model = create("resnet20").train()
     before_p, before_f = count_params(model), count_flops(model, RGB)
     prune_stage_widths_(model, StageWidthPruning(ratio=0.5), example_input=RGB)
-    assert [_width(model, s) for s in STAGES] == [8, 16, 32]
+    assert [stream_width(model, s) for s in STAGES] == [8, 16, 32]
     after_p, after_f = count_params(model), count_flops(model, RGB)
     # every conv2 halves its outputs, every conv1 its inputs, the head its features
     assert 1.9 < before_p / after_p < 2.1 and 1.9 < before_f / after_f < 2.1
@@ -183,7 +163,7 @@ def test_onnx_export_is_plain_ops_and_matches_torch(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     from dwindle.export.onnx_io import check_onnx, export_onnx
 
-    model = _tiny()
+    model = tiny_resnet()
     prune_stage_widths_(model, StageWidthPruning(ratio=0.5), example_input=RGB)
     path = export_onnx(model, RGB, tmp_path / "narrow.onnx")
     assert check_onnx(path, model, X, atol=1e-4) < 1e-4
@@ -197,23 +177,23 @@ def test_onnx_export_is_plain_ops_and_matches_torch(tmp_path: Path) -> None:
 
 
 def test_per_stage_ratios_and_targets() -> None:
-    model = _tiny()
+    model = tiny_resnet()
     cfg = StageWidthPruning(ratio=0.25, ratios={"layer3": 0.5, "layer1": 0.0})
     keep = prune_stage_widths_(model, cfg, example_input=RGB)
     assert [len(keep[s]) for s in STAGES] == [8, 12, 16]
     assert isinstance(model.layer2[0].shortcut, ChannelGather)
     assert model.layer2[0].shortcut.in_channels == 8
 
-    only3 = _tiny()
+    only3 = tiny_resnet()
     keep = prune_stage_widths_(
         only3, StageWidthPruning(ratio=0.5, targets=("layer3",)), example_input=RGB
     )
     assert [len(keep[s]) for s in STAGES] == [8, 16, 16]
     assert isinstance(only3.layer2[0].shortcut, DownsampleA)  # nothing changed at that boundary
     assert isinstance(only3.layer3[0].shortcut, ChannelGather)
-    excl = _tiny()
+    excl = tiny_resnet()
     prune_stage_widths_(excl, StageWidthPruning(ratio=0.5, exclude=("layer1",)), example_input=RGB)
-    assert [_width(excl, s) for s in STAGES] == [8, 8, 16]
+    assert [stream_width(excl, s) for s in STAGES] == [8, 8, 16]
 
 
 @pytest.mark.parametrize(
@@ -223,11 +203,11 @@ def test_per_stage_ratios_and_targets() -> None:
 def test_round_to_keeps_nearest_multiple(round_to: int, widths: list[int]) -> None:
     model = create("resnet20")
     prune_stage_widths_(model, StageWidthPruning(ratio=0.3, round_to=round_to), example_input=RGB)
-    assert [_width(model, s) for s in STAGES] == widths
+    assert [stream_width(model, s) for s in STAGES] == widths
 
 
 def test_l1_and_l2_rank_channels_differently() -> None:
-    model = _tiny(depth=8)  # one block per stage; layer3.0.conv2 is 32 → 32
+    model = tiny_resnet(depth=8)  # one block per stage; layer3.0.conv2 is 32 → 32
     conv, bn = model.layer3[0].conv2, model.layer3[0].bn2
     bn.weight.data.fill_(1.0)
     conv.weight.data.fill_(1.0)  # every channel: l1 = 288, l2 ≈ 17
@@ -252,7 +232,7 @@ def test_l1_and_l2_rank_channels_differently() -> None:
 
 
 def test_filter_pruning_after_stage_widths() -> None:
-    model = _tiny()
+    model = tiny_resnet()
     prune_stage_widths_(model, StageWidthPruning(ratio=0.25), example_input=RGB)
     ref_p = count_params(model)
     notes: list[str] = []
@@ -260,14 +240,14 @@ def test_filter_pruning_after_stage_widths() -> None:
     prune_filters_(model, cfg, example_input=RGB, notes=notes)
     assert [model.get_submodule(f"{s}.{i}.conv1").out_channels for s in STAGES for i in (0, 1)] \
         == [4, 4, 8, 8, 16, 16]  # fmt: skip
-    assert [_width(model, s) for s in STAGES] == [6, 12, 24] and count_params(model) < ref_p
+    assert [stream_width(model, s) for s in STAGES] == [6, 12, 24] and count_params(model) < ref_p
     assert not notes and model(X).shape == (6, 10)
 
 
 def test_filter_pruning_follows_a_channel_gather_exactly() -> None:
     # A pruned shortcut is a ChannelGather, which Torch-Pruning follows (gather_pruner): the
     # stream on both of its sides can be filter-pruned, with its index updated.
-    model = _tiny()
+    model = tiny_resnet()
     prune_stage_widths_(model, StageWidthPruning(ratio=0.25), example_input=RGB)
     zeros = (model.layer2[0].shortcut.index == 6).nonzero().flatten().tolist()
     silenced = {"layer1": [0, 3, 4], "layer2": zeros[:6]}  # layer2: channels fed a zero
@@ -277,21 +257,21 @@ def test_filter_pruning_follows_a_channel_gather_exactly() -> None:
     targets = ("conv1", "layer1.*.conv2", "layer2.*.conv2")  # the writers of two streams
     notes: list[str] = []
     prune_filters_(model, FilterPruning(ratio=0.5, targets=targets), example_input=RGB, notes=notes)
-    assert [_width(model, s) for s in STAGES] == [3, 6, 24] and not notes
+    assert [stream_width(model, s) for s in STAGES] == [3, 6, 24] and not notes
     assert model.layer2[0].shortcut.in_channels == 3 and len(model.layer2[0].shortcut.index) == 6
     assert torch.allclose(model(X), ref, atol=1e-5), (model(X) - ref).abs().max()
     # equal widths on both sides of a gather do not fool the graph into coupling the streams
-    same = _tiny()
+    same = tiny_resnet()
     prune_stage_widths_(
         same, StageWidthPruning(ratio=0.5, ratios={"layer1": 0, "layer3": 0.75}), example_input=RGB
     )
-    assert [_width(same, s) for s in STAGES] == [8, 8, 8]
+    assert [stream_width(same, s) for s in STAGES] == [8, 8, 8]
     ref = _masked(same, {"layer2": [1, 3, 4, 6]})
-    for conv, bn in _writers(same, "layer2"):
+    for conv, bn in stream_writers(same, "layer2"):
         for t in (conv.weight.data, bn.weight.data, bn.bias.data):
             t[[0, 2, 5, 7]] = 0
     prune_filters_(same, FilterPruning(ratio=0.5, targets=("layer2.*.conv2",)), example_input=RGB)
-    assert [_width(same, s) for s in STAGES] == [8, 4, 8]
+    assert [stream_width(same, s) for s in STAGES] == [8, 4, 8]
     assert torch.allclose(same(X), ref(X), atol=1e-5)
 
 
@@ -301,15 +281,15 @@ def test_filter_pruning_follows_a_channel_gather_exactly() -> None:
 def test_registered_stage_and_prune_verb_dispatch() -> None:
     assert get_technique("prune_stage_widths").config is StageWidthPruning
     data = dwdata.load("synthetic", n_samples=20, shape=[3, 8, 8], num_classes=10)
-    model = _tiny()
+    model = tiny_resnet()
     out = dw.prune_(model, StageWidthPruning(ratio=0.5), data=data)
-    assert out is model and [_width(model, s) for s in STAGES] == [4, 8, 16]
+    assert out is model and [stream_width(model, s) for s in STAGES] == [4, 8, 16]
     ctx = StageContext(data=data)
     apply(model, StageWidthPruning(ratio=0.5), ctx)
-    assert [_width(model, s) for s in STAGES] == [2, 4, 8]
+    assert [stream_width(model, s) for s in STAGES] == [2, 4, 8]
     assert any("layer3 16→8" in n for n in ctx.notes)
     with pytest.raises(ConfigError, match="stage-width pruning needs an input"):
-        dw.prune_(_tiny(), StageWidthPruning())
+        dw.prune_(tiny_resnet(), StageWidthPruning())
 
 
 def test_recipe_runs_stage_width_stage_and_exports_onnx(tmp_path: Path) -> None:
@@ -329,92 +309,6 @@ def test_recipe_runs_stage_width_stage_and_exports_onnx(tmp_path: Path) -> None:
     rows = {r["variant"]: r["metrics"] for r in result.report["rows"]}
     assert rows["narrow"]["params"] < rows["baseline"]["params"]
     narrow = result.models["narrow"]
-    assert [_width(narrow, s) for s in STAGES] == [4, 8, 24]
+    assert [stream_width(narrow, s) for s in STAGES] == [4, 8, 24]
     assert any("prune_stage_widths: residual-stream widths" in n for n in result.report["notes"])
     assert any("ONNX export checked" in n for n in result.report["notes"])
-
-
-# --- bad input -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"ratio": 0.0}, r"ratio: Input should be greater than 0"),
-        ({"ratio": 1.0}, r"ratio: Input should be less than 1"),
-        ({"ratios": {"layer1": 1.0}}, r"ratios\.layer1: Input should be less than 1"),
-        ({"round_to": 0}, r"round_to: Input should be greater than or equal to 1"),
-        ({"criterion": "taylor"}, r"criterion: Input should be 'l1' or 'l2'"),
-    ],
-)
-def test_bad_config_values(kwargs: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        StageWidthPruning(**kwargs)
-
-
-class _OptionB(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(cin, cout, 1, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
-
-
-class _FixedWidthHead(ResNetCifar):
-    """Also multiplies the pooled features by a fixed 32-row matrix that pruning cannot see."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        feat = F.adaptive_avg_pool2d(self.layer3(self.layer2(self.layer1(out))), 1).flatten(1)
-        return self.linear(feat) + 0 * (feat @ torch.ones(32, 10))
-
-
-def test_unsupported_structures_name_what_is_missing() -> None:
-    cfg = StageWidthPruning()
-    with pytest.raises(ConfigError, match=r"has no Conv2d 'conv1'; use FilterPruning instead"):
-        prune_stage_widths_(create("cnn4bn"), cfg, example_input=torch.randn(1, 1, 28, 28))
-    model = _tiny()
-    model.layer2[0].shortcut = _OptionB(8, 16)
-    with pytest.raises(ConfigError, match=r"option-A shortcut in 'layer2\.0', found _OptionB"):
-        prune_stage_widths_(model, cfg, example_input=RGB)
-    model = _tiny()
-    model.layer1[1] = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1))
-    with pytest.raises(
-        ConfigError, match=r"no conv1, bn1, conv2, bn2, shortcut in block 'layer1\.1'"
-    ):
-        prune_stage_widths_(model, cfg, example_input=RGB)
-    model = _tiny()
-    model.extra = nn.Linear(10, 10)
-    with pytest.raises(ConfigError, match=r"does not know how ResNetCifar\.extra \(Linear\)"):
-        prune_stage_widths_(model, cfg, example_input=RGB)
-
-
-def test_bad_plans_are_explained_and_leave_the_model_whole() -> None:
-    with pytest.raises(ConfigError, match=r"ratio 0\.9 of stage 'layer1' \(8 channels\) with "
-                       r"round_to=8 would keep 0 channels"):  # fmt: skip
-        prune_stage_widths_(_tiny(), StageWidthPruning(ratio=0.9, round_to=8), example_input=RGB)
-    with pytest.raises(ConfigError, match=r"'layer3\.\*' matches no stage; stages are: layer1, "):
-        prune_stage_widths_(_tiny(), StageWidthPruning(targets=("layer3.*",)), example_input=RGB)
-    with pytest.raises(ConfigError, match=r"ratios names 'layer4', which is not a stage"):
-        prune_stage_widths_(_tiny(), StageWidthPruning(ratios={"layer4": 0.5}), example_input=RGB)
-    cfg = StageWidthPruning(exclude=("layer1",), ratios={"layer1": 0.5})
-    with pytest.raises(ConfigError, match=r"'layer1', which is left out by targets/exclude"):
-        prune_stage_widths_(_tiny(), cfg, example_input=RGB)
-    with pytest.raises(ConfigError, match=r"no stage 'layer9' in the model; stages: layer1, "):
-        keep_stage_channels_(_tiny(), {"layer9": [0]}, example_input=RGB)
-    with pytest.raises(
-        ConfigError, match=r"keep\['layer2'\] must hold channel indices in \[0, 16\)"
-    ):
-        keep_stage_channels_(_tiny(), {"layer2": [3, 16]}, example_input=RGB)
-    with pytest.raises(ConfigError, match=r"keep\['layer1'\].*at least one \(got 0 indices"):
-        keep_stage_channels_(_tiny(), {"layer1": []}, example_input=RGB)
-    with pytest.raises(ConfigError, match="stage-width pruning needs an input"):
-        prune_stage_widths_(_tiny(), StageWidthPruning())
-    # a forward that breaks after the change is caught, and the model is restored
-    model = _FixedWidthHead(2, width=8).eval()
-    before = model(X)
-    with pytest.raises(TracingError, match=r"no longer runs"):
-        prune_stage_widths_(model, StageWidthPruning(ratio=0.5), example_input=RGB)
-    assert [_width(model, s) for s in STAGES] == [8, 16, 32]
-    assert isinstance(model.layer2[0].shortcut, DownsampleA) and torch.equal(model(X), before)
