@@ -1,7 +1,7 @@
 """The learning-rate sweep behind distill_hinton.py's students: validation and test errors.
 
     python benchmarks/distill_hinton_lr.py [--kd-lrs 0.005 0.01 0.02 0.05]
-        [--alone-lrs 0.02 0.05] [--epochs 30] [--threads 2]
+        [--alone-lrs 0.02 0.05] [--epochs 30] [--threads 1]
 
 Hinton et al. 2015 §3's 2×800 student, trained alone on labels and distilled at T = 20,
 α = 0.9 from the saved 2×1200 teacher (run distill_hinton.py first), on the plain training
@@ -30,7 +30,9 @@ def main() -> None:
     parser.add_argument("--kd-lrs", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05])
     parser.add_argument("--alone-lrs", type=float, nargs="*", default=[0.02, 0.05])
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="1 reproduces distill_hinton.py exactly"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not TEACHER_FILE.exists():
