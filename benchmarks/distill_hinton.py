@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from typing import Any
 
@@ -36,6 +37,8 @@ from dwindle.metrics import MeasureConfig, compare
 from dwindle.training import Callback, TrainState
 
 TEACHER_FILE = ARTIFACTS / "hinton_teacher_2x1200.safetensors"
+# The saved teacher's training history (one line per run that trained it), shown in the notes.
+TEACHER_LOG = TEACHER_FILE.with_suffix(".json")
 # Each student's peak lr (SGD momentum 0.9, cosine, 30 epochs): the one with the fewest
 # validation errors (5 000 held-out images) in benchmarks/distill_hinton_lr.py's sweep
 # (results/distill_hinton_lr.md). At T = 20 the T²-scaled soft loss pulls the logits harder
@@ -110,6 +113,16 @@ def train_teacher(
     save(teacher, TEACHER_FILE)
 
 
+def teacher_history() -> list[str]:
+    """The saved teacher's training phases, oldest first (empty when none are recorded)."""
+    return json.loads(TEACHER_LOG.read_text()) if TEACHER_LOG.exists() else []
+
+
+def record_teacher_phase(phase: str, fresh: bool) -> None:
+    history = [] if fresh else teacher_history()
+    TEACHER_LOG.write_text(json.dumps([*history, phase], indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher-epochs", type=int, default=40)
@@ -135,13 +148,19 @@ def main() -> None:
     phases = []
     if TEACHER_FILE.exists() and not args.retrain_teacher:
         load_weights(teacher, TEACHER_FILE)
-        phases.append(f"loaded {TEACHER_FILE.name}")
+        history = teacher_history()
+        phases.append(
+            f"loaded {TEACHER_FILE.name}"
+            + (f", trained by: {', then '.join(history)}" if history else "")
+        )
     else:
         phases.append(f"{args.teacher_epochs} epochs at lr 0.05")
         train_teacher(teacher, data, args.teacher_epochs, 0.05, seconds)
-    if args.teacher_extra_epochs:  # continue a saved teacher (a second cosine cycle)
+        record_teacher_phase(phases[-1], fresh=True)
+    if args.teacher_extra_epochs:  # continue a saved teacher (a further cosine cycle)
         phases.append(f"{args.teacher_extra_epochs} more epochs at lr {args.extra_lr}")
         train_teacher(teacher, data, args.teacher_extra_epochs, args.extra_lr, seconds)
+        record_teacher_phase(phases[-1], fresh=False)
     teacher.eval()
 
     lrs = {"student_alone": args.alone_lr, "student_kd_t20": args.kd_lr}
