@@ -3,7 +3,7 @@
     python benchmarks/cifar_lowbit.py                         # w4a4, then w2a2 and ternary
     python benchmarks/cifar_lowbit.py --only w4a4 --epochs 2
     python benchmarks/cifar_lowbit.py --device cuda           # the papers' budget
-    python benchmarks/cifar_lowbit.py --only w4a4 --epochs 12 --more-epochs 6  # warm restart
+    python benchmarks/cifar_lowbit.py --only w4a4 --epochs 12 --more-epochs 6 --more-lr 0.002
 
 Target cifar_w4a4_resnet20: test error <= +0.5 pt vs the fp32 checkpoint. Weights and
 activations use learned step sizes (LSQ, Esser et al. 2020; PACT, Choi et al. 2018, learns the
@@ -117,10 +117,9 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         print(f"   {variant}: QAT weights reused from {path.name}", flush=True)
     else:
         _fine_tune(prepared, base, data, cfg, path, args)
-    if args.more_epochs:  # a second cosine cycle from the first one's weights (warm restart)
-        more = variant_config(
-            variant, args.more_epochs, args.more_lr, args.device, args.freeze_bn_epoch
-        )
+    # further cosine cycles from the previous one's weights (warm restarts), each cached
+    for epochs, lr in zip(args.more_epochs, args.more_lr, strict=True):
+        more = variant_config(variant, epochs, lr, args.device, args.freeze_bn_epoch)
         key = hashlib.sha256(f"{key}{more.model_dump_json()}".encode()).hexdigest()[:8]
         path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
         if path.exists():
@@ -146,10 +145,9 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         + f"/a{cfg.act_bits or 32}"
         + (" LSQ" if cfg.learned_ranges else ""),
         finetune=f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine"
-        + (
-            f", then {args.more_epochs} more at lr {args.more_lr} cosine (warm restart)"
-            if args.more_epochs
-            else ""
+        + "".join(
+            f", then {e} more at lr {lr} cosine (warm restart)"
+            for e, lr in zip(args.more_epochs, args.more_lr, strict=True)
         )
         + (", KD from the fp32 model (T=1, α=0.5)" if args.distill else "")
         + (
@@ -195,13 +193,18 @@ def main() -> None:
     parser.add_argument(
         "--more-epochs",
         type=int,
-        default=0,
-        help="continue the (cached) QAT run for this many epochs, a second cosine cycle",
+        nargs="*",
+        default=[],
+        help="continue the (cached) QAT run with further cosine cycles of these many epochs",
     )
-    parser.add_argument("--more-lr", type=float, default=0.002, help="peak lr of --more-epochs")
+    parser.add_argument(
+        "--more-lr", type=float, nargs="*", default=[], help="peak lr of each --more-epochs cycle"
+    )
     parser.add_argument("--agreement", type=int, default=500, help="test images, packed check")
     add_device_args(parser)
     args = parser.parse_args()
+    if len(args.more_lr) != len(args.more_epochs):
+        parser.error("give one --more-lr per --more-epochs cycle")
     data = training_budget(args, cpu_epochs=2, gpu_epochs=60)
     base = published("resnet20")
     base_metrics = evaluate_accuracy(base, data, batch_size=500)
