@@ -148,9 +148,22 @@ def summary(fracs: dict[str, float]) -> str:
 KD = {"temperature": 4.0, "alpha": 0.9}
 
 
-def run_job(job: Job, seed: int, scale: float, kd: bool = False) -> list[dict[str, Any]]:
-    data = dwdata.load("mnist", seed=seed)
-    base, how = baseline_model(job, data, seed)
+@dataclass
+class Pruned:
+    """A Han-pruned, retrained model and how it was made."""
+
+    model: torch.nn.Module
+    qualities: dict[str, float]
+    epochs_per_round: int
+    final: TrainConfig
+    seconds: float
+
+
+def han_prune(
+    job: Job, base: torch.nn.Module, data: Any, seed: int, scale: float, kd: bool = False
+) -> Pruned:
+    """Han's rounds on a copy of ``base`` (``job.keep`` calibrates the thresholds), then the
+    final retraining; with ``kd`` every retraining distils from ``base``."""
     model = create(job.model, num_classes=data.num_classes)
     model.load_state_dict(base.state_dict())
     qualities = han_qualities(base, job.keep)
@@ -182,8 +195,15 @@ def run_job(job: Job, seed: int, scale: float, kd: bool = False) -> list[dict[st
         )
     else:
         train(model, data, final_cfg, callbacks=[MaskCallback()])
+    return Pruned(model, qualities, epochs, final, time.perf_counter() - start)
+
+
+def run_job(job: Job, seed: int, scale: float, kd: bool = False) -> list[dict[str, Any]]:
+    data = dwdata.load("mnist", seed=seed)
+    base, how = baseline_model(job, data, seed)
+    pruned = han_prune(job, base, data, seed, scale, kd)
+    model = pruned.model
     variant = "han_iterative_kd" if kd else "han_iterative"
-    seconds = time.perf_counter() - start
     report = compare(
         {"baseline": base, variant: model},
         data,
@@ -215,11 +235,11 @@ def run_job(job: Job, seed: int, scale: float, kd: bool = False) -> list[dict[st
             m.update(
                 kept_fraction=fracs,
                 kept_summary=summary(fracs),
-                han_quality={k: round(v, 4) for k, v in qualities.items()},
-                train_seconds=round(seconds, 1),
+                han_quality={k: round(v, 4) for k, v in pruned.qualities.items()},
+                train_seconds=round(pruned.seconds, 1),
                 rounds=job.rounds,
-                epochs_per_round=epochs,
-                final_epochs=final.epochs,
+                epochs_per_round=pruned.epochs_per_round,
+                final_epochs=pruned.final.epochs,
                 lr_per_round=[job.lr * job.lr_factor**k for k in range(job.rounds)],
             )
             out["paper"] = {
