@@ -109,24 +109,24 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
     key = hashlib.sha256(
         f"{cfg.model_dump_json()}{args.train_limit}{args.smoke}{QAT_REV}{kd}".encode()
     ).hexdigest()[:8]
-    path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
     prepared = prepare_qat(base, cfg)
-    if path.exists():
-        prepared(data.example_input(2))  # materialise lazily initialised ranges, then load
-        load_weights(prepared, path)
-        print(f"   {variant}: QAT weights reused from {path.name}", flush=True)
-    else:
-        _fine_tune(prepared, base, data, cfg, path, args)
-    # further cosine cycles from the previous one's weights (warm restarts), each cached
-    for epochs, lr in zip(args.more_epochs, args.more_lr, strict=True):
-        more = variant_config(variant, epochs, lr, args.device, args.freeze_bn_epoch)
-        key = hashlib.sha256(f"{key}{more.model_dump_json()}".encode()).hexdigest()[:8]
+    # the first QAT run, then further cosine cycles from the previous one's weights (warm
+    # restarts); each is cached under a key chained from the one before
+    cycles = [cfg] + [
+        variant_config(variant, e, lr, args.device, args.freeze_bn_epoch)
+        for e, lr in zip(args.more_epochs, args.more_lr, strict=True)
+    ]
+    for i, cycle in enumerate(cycles):
+        if i:
+            key = hashlib.sha256(f"{key}{cycle.model_dump_json()}".encode()).hexdigest()[:8]
         path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
         if path.exists():
+            if i == 0:  # materialise lazily initialised ranges, then load
+                prepared(data.example_input(2))
             load_weights(prepared, path)
-            print(f"   {variant}: continued QAT weights reused from {path.name}", flush=True)
+            print(f"   {variant}: QAT weights (cycle {i + 1}) reused from {path.name}", flush=True)
         else:
-            _fine_tune(prepared, base, data, more, path, args)
+            _fine_tune(prepared, base, data, cycle, path, args)
     prepared.eval()
     metrics = evaluate_accuracy(prepared, data, batch_size=500)
     packed = convert_qat(prepared)
