@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from _common import ARTIFACTS, RESULTS, write_results
 from baselines import JOBS
+from pruning_han import JOBS as HAN_JOBS
+from pruning_han import han_prune
 
 import dwindle as dw
 from dwindle import data as dwdata
@@ -160,9 +162,6 @@ def run_model(name: str, epochs_scale: float) -> tuple[list[dict[str, Any]], dic
     baseline, origin = _baseline(name, data, epochs_scale)
     how = setup["pruning"]
     if how.get("method") == "han":
-        from pruning_han import JOBS as HAN_JOBS
-        from pruning_han import han_prune
-
         pruned = han_prune(HAN_JOBS[name], baseline, data, seed=0, scale=1.0).model
     else:
         pruned = copy.deepcopy(baseline)

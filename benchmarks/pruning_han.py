@@ -12,10 +12,9 @@ Method: each layer's Han quality q is set once so that q × std(baseline weights
 magnitude that would keep the layer's target fraction of the baseline weights (surviving
 weights grow while retraining, so the measured kept fractions end above these calibration
 targets; LeNet-300's are pruning_han_split.py's validation pick, LeNet-5's sit below the paper's
-to clear 12× with biases counted); the threshold then
-rises linearly over the rounds (quality × k/rounds), each round retraining with masks kept,
-L2 and the lr multiplied by ``lr_factor``; a final, longer retraining closes. Writes
-benchmarks/results/pruning_han.{json,md}.
+to clear 12× with biases counted); the threshold then rises linearly over the rounds (quality ×
+k/rounds), each round retraining with masks kept, L2 and the lr multiplied by ``lr_factor``; a
+final, longer retraining closes. Writes benchmarks/results/pruning_han.{json,md}.
 """
 
 from __future__ import annotations
@@ -145,6 +144,11 @@ def kept(model: torch.nn.Module, names: list[str]) -> dict[str, float]:
     return {n: round(float(get_mask(mods[n]).float().mean()), 4) for n in names}
 
 
+def error_pct(model: torch.nn.Module, data: Any, split: str) -> float:
+    """Error rate on ``split`` in percent, to 0.01 pt."""
+    return round(100 * (1 - evaluate(model, data, split)["accuracy"]), 2)
+
+
 def summary(fracs: dict[str, float]) -> str:
     return " / ".join(f"{n} {100 * f:.1f} %" for n, f in fracs.items())
 
@@ -218,8 +222,7 @@ def run_job(job: Job, seed: int, scale: float, kd: bool = False) -> list[dict[st
     for row in report.rows:
         m = dict(row["metrics"])
         m["error_pct"] = round(100 * (1 - m["accuracy"]), 4)
-        scored = base if row["variant"] == "baseline" else model
-        m["val_error_pct"] = round(100 * (1 - evaluate(scored, data, "val")["accuracy"]), 2)
+        m["val_error_pct"] = error_pct(base if row["variant"] == "baseline" else model, data, "val")
         out: dict[str, Any] = {
             "variant": f"{job.model}_{row['variant']}",
             "model": job.model,

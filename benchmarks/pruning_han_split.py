@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from _common import write_results
-from pruning_han import JOBS, baseline_model, han_prune, kept, summary
+from pruning_han import JOBS, baseline_model, error_pct, han_prune, kept, summary
 
 from dwindle import data as dwdata
-from dwindle.training import evaluate
+from dwindle.metrics import count_nonzeros, count_params
 
 # Calibration targets (fractions of each layer's baseline weights); the first is the paper's
 # proportions as pruning_han.py first used them, the others move weights from fc1 to fc2/fc3.
@@ -36,10 +36,6 @@ SPLITS: list[dict[str, float]] = [
 MIN_RATIO = 12.0
 
 
-def error_pct(model: torch.nn.Module, data: Any, split: str) -> float:
-    return round(100 * (1 - evaluate(model, data, split)["accuracy"]), 2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -49,7 +45,7 @@ def main() -> None:
     data = dwdata.load("mnist", seed=args.seed)
     job = JOBS["lenet300"]
     base, how = baseline_model(job, data, args.seed)
-    total = sum(p.numel() for p in base.parameters())
+    total = count_params(base)
     rows: list[dict[str, Any]] = [
         {
             "variant": "lenet300_baseline",
@@ -65,9 +61,9 @@ def main() -> None:
         }
     ]
     for keep in SPLITS:
-        pruned = han_prune(dataclasses.replace(job, keep=keep), base, data, args.seed,
-                           args.epochs_scale)  # fmt: skip
-        nonzeros = sum(int((p != 0).sum()) for p in pruned.model.parameters())
+        candidate = dataclasses.replace(job, keep=keep)
+        pruned = han_prune(candidate, base, data, args.seed, args.epochs_scale)
+        nonzeros = count_nonzeros(pruned.model)
         fracs = kept(pruned.model, list(keep))
         metrics = {
             "calibration": summary(keep),
