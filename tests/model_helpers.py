@@ -35,6 +35,12 @@ def silence(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: list[int]) -> None:
         t[channels] = 0
 
 
+# The CIFAR ResNet's residual stages, an example input and a small batch for output checks.
+STAGES = ("layer1", "layer2", "layer3")
+RGB = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
 def tiny_resnet(depth: int = 14, width: int = 8, seed: int = 0) -> ResNetCifar:
     """A small CIFAR ResNet (2 blocks per stage) with non-trivial batch-norm statistics."""
     torch.manual_seed(seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import silence, stream_width, stream_writers, tiny_resnet
+from model_helpers import RGB, STAGES, X, silence, stream_width, stream_writers, tiny_resnet
 from torch import nn
 
 import dwindle as dw
@@ -28,10 +28,6 @@ from dwindle.pruning import (
     prune_stage_widths_,
     remove_block,
 )
-
-RGB = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-STAGES = ("layer1", "layer2", "layer3")
 
 
 def _silence_stage(model: nn.Module, stage: str, channels: list[int]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import stream_width, tiny_resnet
+from model_helpers import RGB, STAGES, X, stream_width, tiny_resnet
 from torch import nn
 
 from dwindle.errors import ConfigError
@@ -17,10 +17,6 @@ from dwindle.pruning import (
     keep_stage_channels_,
     prune_stage_widths_,
 )
-
-RGB = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-X = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-STAGES = ("layer1", "layer2", "layer3")
 
 
 def _prune(cfg: StageWidthPruning) -> None:
