@@ -4,6 +4,7 @@
     python benchmarks/cifar_lowbit.py --only w4a4 --epochs 2
     python benchmarks/cifar_lowbit.py --device cuda           # the papers' budget
     python benchmarks/cifar_lowbit.py --only w4a4 --epochs 12 --more-epochs 6 --more-lr 0.002
+    python benchmarks/cifar_lowbit.py --only w4a4_full ...  # LSQ's weight grid, codes -8..7
 
 Target cifar_w4a4_resnet20: test error <= +0.5 pt vs the fp32 checkpoint. Weights and
 activations use learned step sizes (LSQ, Esser et al. 2020; PACT, Choi et al. 2018, learns the
@@ -46,6 +47,11 @@ PAPERS = {
         "source": "LSQ (Esser et al. 2020, Table 1): 4/4-bit ResNets within ~0.1-0.4 pt of full "
         "precision; PACT (Choi et al. 2018, Table 2): ResNet-20 CIFAR-10 4/4-bit 91.3 % vs 91.6 %",
     },
+    "w4a4_full": {
+        "accuracy_change_pt": -0.1,
+        "source": "LSQ (Esser et al. 2020, §2: weights on [-2^(b-1), 2^(b-1) - 1]); Table 1 as "
+        "for w4a4",
+    },
     "w2a2": {
         "source": "PACT (Choi et al. 2018, Table 2): ResNet-20 CIFAR-10 2/2-bit 89.7 % vs 91.6 %",
     },
@@ -75,15 +81,23 @@ def variant_config(
     variant: str, epochs: int, lr: float, device: str, freeze_bn: int | None = None
 ) -> QAT:
     tcfg = train_config(epochs, lr, device)
-    if variant == "w4a4":
+    if variant in ("w4a4", "w4a4_full"):
         kw: dict[str, Any] = dict(weight_bits=4, act_bits=4, learned_ranges=True, input_bits=8)
+        if variant == "w4a4_full":  # LSQ's weight grid, codes -8..7
+            kw["weight_range"] = "full"
     elif variant == "w2a2":
         kw = dict(weight_bits=2, act_bits=2, learned_ranges=True, input_bits=8)
     elif variant == "ternary":  # TTQ's setting: ternary weights, full-precision activations
         kw = dict(weight_bits=2, weight_method="ternary", act_bits=None)
     else:
-        raise SystemExit(f"unknown variant {variant!r}; choose w4a4, w2a2 or ternary")
+        raise SystemExit(f"unknown variant {variant!r}; choose w4a4, w4a4_full, w2a2 or ternary")
     return QAT(**kw, exclude=EXCLUDE, train=tcfg, convert=True, freeze_bn_epoch=freeze_bn)
+
+
+def config_key(cfg: QAT) -> str:
+    """``cfg`` as cached runs' keys hash it: ``weight_range`` joined QAT after the first caches
+    were written, so it is left out while it has its default (their keys stay valid)."""
+    return cfg.model_dump_json(exclude={"weight_range"} if cfg.weight_range == "narrow" else None)
 
 
 def _fine_tune(
@@ -107,7 +121,7 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
     cfg = variant_config(variant, args.epochs, args.lr, args.device, args.freeze_bn_epoch)
     kd = "kd" if args.distill else ""
     key = hashlib.sha256(
-        f"{cfg.model_dump_json()}{args.train_limit}{args.smoke}{QAT_REV}{kd}".encode()
+        f"{config_key(cfg)}{args.train_limit}{args.smoke}{QAT_REV}{kd}".encode()
     ).hexdigest()[:8]
     prepared = prepare_qat(base, cfg)
     # the first QAT run, then further cosine cycles from the previous one's weights (warm
@@ -118,7 +132,7 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
     ]
     for i, cycle in enumerate(cycles):
         if i:
-            key = hashlib.sha256(f"{key}{cycle.model_dump_json()}".encode()).hexdigest()[:8]
+            key = hashlib.sha256(f"{key}{config_key(cycle)}".encode()).hexdigest()[:8]
         path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
         if path.exists():
             if i == 0:  # materialise lazily initialised ranges, then load
@@ -143,7 +157,8 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         scheme=f"{variant}: "
         + (f"w{cfg.weight_bits}" if cfg.weight_method == "uniform" else "ternary w")
         + f"/a{cfg.act_bits or 32}"
-        + (" LSQ" if cfg.learned_ranges else ""),
+        + (" LSQ" if cfg.learned_ranges else "")
+        + (", weight codes -8..7 (LSQ's full grid)" if cfg.weight_range == "full" else ""),
         finetune=f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine"
         + "".join(
             f", then {e} more at lr {lr} cosine (warm restart)"

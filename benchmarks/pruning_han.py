@@ -121,6 +121,11 @@ def baseline_model(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str
         err = 100 * (1 - evaluate(model, data, "test")["accuracy"])
         if err <= job.baseline_error_max:
             return model, f"loaded {path.name} ({err:.2f} % test error)"
+    return train_baseline(job, data, seed)
+
+
+def train_baseline(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str]:
+    """A fresh baseline trained with baselines.py's config and ``seed``."""
     from baselines import JOBS as BASE_JOBS
 
     spec = next(j for j in BASE_JOBS if j.variant == job.model)

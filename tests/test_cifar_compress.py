@@ -127,11 +127,36 @@ def test_weight_only_lsq_learns_its_steps() -> None:
     assert all(w.step_size.grad.abs().sum() > 0 for w in weights)
 
 
+def test_lsq_full_range_weights_use_the_extra_negative_code() -> None:
+    w = torch.linspace(-1.0, 1.0, 64).reshape(4, 16)
+    narrow, full = LSQWeight(4), LSQWeight(4, full_range=True)
+    for wq in (narrow, full):
+        wq.init_from(w)
+        with torch.no_grad():
+            wq.step_size.fill_(1 / 8)  # -1 is exactly code -8
+    assert narrow.codes(w)[0].min() == -7 and full.codes(w)[0].min() == -8
+    assert full.codes(w)[0].max() == 7
+    assert float(full(w)[0, 0]) == -1.0 and float(narrow(w)[0, 0]) == -7 / 8
+    # a full-range QAT model packs its codes in 4 bits and converts to the same outputs
+    cfg = QAT(
+        weight_bits=4, act_bits=4, learned_ranges=True, weight_range="full", exclude=("conv1",)
+    )
+    q = prepare_qat(tiny_resnet(), cfg)
+    assert all(m.full_range for m in q.modules() if isinstance(m, LSQWeight))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    q(x)  # materialise the activation ranges
+    q.eval()
+    with torch.no_grad():
+        assert torch.allclose(convert_qat(q)(x), q(x), atol=1e-4)
+
+
 def test_qat_learned_ranges_validation() -> None:
     with pytest.raises(ValueError, match="learned_ranges \\(LSQ\\) needs uniform weights"):
         QAT(weight_method="ternary", weight_bits=2, learned_ranges=True)
     with pytest.raises(ValueError, match="input_bits=9 is not supported"):
         QAT(input_bits=9)
+    with pytest.raises(ValueError, match="weight_range='full' is LSQ's weight grid"):
+        QAT(weight_bits=4, weight_range="full")
 
 
 # --- bad input ---------------------------------------------------------------------------

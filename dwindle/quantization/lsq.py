@@ -80,13 +80,22 @@ class LSQWeight(UniformWeight):
     """Symmetric ``bits``-bit weights, one learned step per output channel (LSQ for weights).
 
     Codes and scale for packing come from the learned step, so what trained is what is stored.
+    ``full_range`` uses LSQ's grid ``[-2^(b-1), 2^(b-1) - 1]`` (one more negative level, 16
+    instead of 15 at 4 bits) instead of the narrow ``±(2^(b-1) - 1)``; codes still pack in
+    ``bits`` bits.
     """
 
     method = "uniform"
 
-    def __init__(self, bits: int = 4, per_channel: bool = True) -> None:
+    def __init__(self, bits: int = 4, per_channel: bool = True, full_range: bool = False) -> None:
         super().__init__(bits, per_channel, observer="mse")
+        self.full_range = full_range
         self.step_size = nn.Parameter(torch.empty(0))
+
+    def grid(self) -> tuple[int, int]:
+        """The integer codes' range."""
+        lo, hi = qrange(self.bits, True)
+        return (lo - 1 if self.full_range else lo), hi
 
     def init_from(self, w: Tensor) -> None:
         """Start the steps at the MSE-optimal range of ``w`` (before the optimizer is built)."""
@@ -105,12 +114,12 @@ class LSQWeight(UniformWeight):
 
     def codes(self, w: Tensor) -> Codes:
         scale = self._scale(w).detach()
-        lo, hi = qrange(self.bits, True)
+        lo, hi = self.grid()
         q = torch.clamp(torch.round(w.detach().float() / _col(scale, w)), lo, hi)
         return q, scale, None
 
     def forward(self, w: Tensor) -> Tensor:
-        lo, hi = qrange(self.bits, True)
+        lo, hi = self.grid()
         g = 1.0 / math.sqrt(w[0].numel() * hi)
         return lsq_fake_quant(w, _col(self._scale(w), w), torch.zeros(()), lo, hi, g)
 

@@ -69,7 +69,8 @@ class QAT(TargetedConfig):
     ``learned_ranges``: LSQ (Esser et al. 2020): uniform weights and activations get learned
     step sizes, started at the MSE-optimal range. ``input_bits``: bits of the model input's
     quantiser and of the inputs of weighted layers kept float (default ``act_bits``; PACT and
-    LSQ keep the first and last layers' inputs at 8 bits).
+    LSQ keep the first and last layers' inputs at 8 bits). ``weight_range`` (LSQ only):
+    ``narrow`` codes ``±(2^(b-1) - 1)``, ``full`` LSQ's ``[-2^(b-1), 2^(b-1) - 1]``.
     """
 
     weight_bits: int = 8
@@ -88,6 +89,7 @@ class QAT(TargetedConfig):
     on_unsupported: Literal["error", "float"] = "error"
     learned_ranges: bool = False
     input_bits: int | None = None
+    weight_range: Literal["narrow", "full"] = "narrow"
 
     @model_validator(mode="after")
     def _bits_supported(self) -> QAT:
@@ -98,6 +100,11 @@ class QAT(TargetedConfig):
                 f"{self.weight_method!r}; supported bit widths: {', '.join(map(str, allowed))}"
             )
         acts = (1, *UNIFORM_BITS)
+        if self.weight_range == "full" and not self.learned_ranges:
+            raise ValueError(
+                "weight_range='full' is LSQ's weight grid; set learned_ranges=True, "
+                "or keep weight_range='narrow'"
+            )
         if self.input_bits is not None and self.input_bits not in UNIFORM_BITS:
             raise ValueError(
                 f"input_bits={self.input_bits} is not supported; supported bit widths: "

@@ -153,7 +153,7 @@ def qat_layer(layer: nn.Module, config: QAT, bn: nn.Module | None = None) -> QAT
     started from the (folded) weights, or the range ``config.weight_observer`` observes."""
     wq: WeightQuantizer
     if config.learned_ranges:
-        wq = LSQWeight(config.weight_bits, config.per_channel)
+        wq = LSQWeight(config.weight_bits, config.per_channel, config.weight_range == "full")
     else:
         wq = make_weight_quantizer(
             config.weight_method,

@@ -1,0 +1,103 @@
+"""How much of LeNet-300-100's Han pruning gap is seed noise: baseline and pruned, per seed.
+
+    python benchmarks/pruning_han_seeds.py [--seeds 0 1 2 3 4]
+
+pruning_han.py compares one baseline with one pruned model, so a gap of a tenth of a point
+(ten test images) could be the training seed's doing. Here every seed trains its own baseline
+(baselines.py's LeNet-300 config; seed 0 reuses benchmarks/artifacts/lenet300.safetensors
+when it is there, as pruning_han.py does) and prunes it with pruning_han.py's LeNet-300 job
+(its validation-picked split, rounds and schedule) under the same seed. Same data split for
+every seed. Writes benchmarks/results/pruning_han_seeds.{json,md}; no target reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+import torch
+from _common import write_results
+from pruning_han import JOBS, baseline_model, error_pct, han_prune, train_baseline
+
+from dwindle import data as dwdata
+from dwindle.metrics import count_nonzeros, count_params
+
+
+def seed_row(seed: int, data: Any) -> dict[str, Any]:
+    job = JOBS["lenet300"]
+    base, how = baseline_model(job, data, 0) if seed == 0 else train_baseline(job, data, seed)
+    pruned = han_prune(job, base, data, seed, 1.0).model
+    m: dict[str, Any] = {
+        "baseline_val_error_pct": error_pct(base, data, "val"),
+        "baseline_test_error_pct": error_pct(base, data, "test"),
+        "pruned_val_error_pct": error_pct(pruned, data, "val"),
+        "pruned_test_error_pct": error_pct(pruned, data, "test"),
+        "nonzeros_ratio": round(count_params(base) / count_nonzeros(pruned), 2),
+        "baseline_source": how,
+    }
+    m["test_gap_pt"] = round(m["pruned_test_error_pct"] - m["baseline_test_error_pct"], 2)
+    m["val_gap_pt"] = round(m["pruned_val_error_pct"] - m["baseline_val_error_pct"], 2)
+    return {
+        "variant": f"lenet300_seed{seed}",
+        "model": "lenet300",
+        "dataset": "mnist",
+        "split": "val+test",
+        "metrics": m,
+    }
+
+
+def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation of every numeric column over the seeds."""
+    keys = [k for k, v in rows[0]["metrics"].items() if isinstance(v, float)]
+    out: dict[str, Any] = {}
+    for k in keys:
+        vals = [r["metrics"][k] for r in rows]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out[k] = f"{statistics.fmean(vals):.2f} ± {sd:.2f}"
+    return {
+        "variant": f"lenet300_mean_sd_{len(rows)}_seeds",
+        "model": "lenet300",
+        "dataset": "mnist",
+        "split": "val+test",
+        "metrics": out,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = dwdata.load("mnist", seed=0)
+    rows = []
+    for seed in args.seeds:
+        rows.append(seed_row(seed, data))
+        print(rows[-1]["metrics"], flush=True)
+    job = JOBS["lenet300"]
+    write_results(
+        "pruning_han_seeds",
+        [*rows, spread(rows)],
+        {},
+        columns=[
+            ("baseline test %", "metrics.baseline_test_error_pct"),
+            ("pruned test %", "metrics.pruned_test_error_pct"),
+            ("test gap pt", "metrics.test_gap_pt"),
+            ("baseline val %", "metrics.baseline_val_error_pct"),
+            ("pruned val %", "metrics.pruned_val_error_pct"),
+            ("val gap pt", "metrics.val_gap_pt"),
+            ("non-zeros ×", "metrics.nonzeros_ratio"),
+        ],
+        notes=[
+            f"each seed trains its baseline (baselines.py's config) and Han-prunes it with "
+            f"pruning_han.py's lenet300 job (calibration {job.keep}, {job.rounds} rounds × "
+            f"{job.epochs} epochs, {job.final_epochs} final epochs); data split fixed (seed 0: "
+            "5 000 validation images held out of the training set, 10 000 test images).",
+            "the last row is the mean ± sample standard deviation over the seeds; one test image "
+            "is 0.01 pt.",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
