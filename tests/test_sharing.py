@@ -138,6 +138,8 @@ def test_bad_share_configs() -> None:
         Share(method="hash", ratio=0)
     with pytest.raises(ConfigError, match=r"index_bits keys are 'conv' and 'linear'"):
         Encode(index_bits={"fc": 5})
+    with pytest.raises(ConfigError, match=r"bits must be integers from 1 to 16"):
+        Encode(index_bits={"linear": 0, "conv": "auto"})
     with pytest.raises(ConfigError, match=r"cannot share the weights of layer 1 \(BatchNorm1d\)"):
         share_(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), Share(targets=("1",)))
     with pytest.raises(ConfigError, match=r"no bits for layer '0' \(Conv2d\)"):
@@ -254,6 +256,39 @@ def test_encode_decode_is_bit_exact_including_sparse_indices(tmp_path: Path) -> 
     plain = _mlp(seed=3)
     load_deepc(plain, path)
     assert torch.equal(plain(x), model(x))
+
+
+def test_auto_index_bits_pick_each_layers_width(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256))
+    for layer, keep in ((model[0], 0.02), (model[2], 0.6)):  # long gaps / short gaps
+        w = layer.weight.detach()
+        mask = w.abs() > w.abs().flatten().kthvalue(int((1 - keep) * w.numel())).values
+        layer.register_buffer("weight_mask", mask)
+        layer.weight.data.mul_(mask)
+    share_(model, Share(bits=4))
+    encode_(model, Encode())  # pruned zeros made +0.0, so every layer is coded
+    sizes = {}
+    for b in range(2, 13):
+        data, stats = encode_model(model, {"linear": b})
+        sizes[b] = (len(data), {s["name"]: s["bytes"] for s in stats if "index_bits" in s})
+    auto = encode_(copy.deepcopy(model), Encode(index_bits={"linear": "auto"}))  # round-trips
+    data, stats = encode_model(auto, auto.dwindle_index_bits)
+    layers = {s["name"]: s for s in stats if "index_bits" in s}
+    for name, row in layers.items():  # coded as that layer alone at its width would be
+        assert row["bytes"] == sizes[row["index_bits"]][1][name]
+    # the sparse layer takes wide gaps, the dense one narrow; the file beats the default
+    # widths' and matches the best single width (each layer's manifest share is estimated)
+    assert layers["0"]["index_bits"] > layers["2"]["index_bits"]
+    assert len(data) < sizes[5][0] and len(data) <= 1.001 * min(n for n, _ in sizes.values())
+    path = save(auto, tmp_path / "auto.deepc")
+    assert path.stat().st_size == len(data)
+    twin = copy.deepcopy(model)
+    for p in twin.parameters():
+        p.data.normal_()
+    load_deepc(twin, path)
+    x = torch.randn(4, 512)
+    assert torch.equal(twin(x), auto(x))
 
 
 def test_container_is_much_smaller_than_fp32() -> None:

@@ -8,7 +8,9 @@ Layout (little-endian)::
 Per clustered layer the blob holds its fp32 codebook and the Huffman-coded cluster indices;
 where a ``weight_mask`` (pruning) exists only the kept positions are stored, as differences
 from the previous kept position in ``index_bits`` bits, with a filler entry whenever a gap
-does not fit (Han et al. 2016, section 2 and Figure 3: 8 bits for conv, 5 for fc). Both the
+does not fit (Han et al. 2016, section 2 and Figure 3: 8 bits for conv, 5 for fc; ``"auto"``
+picks each layer's width by the bytes it gives, since after Huffman coding the best width
+depends on the layer's density). Both the
 indices and the differences are Huffman-coded (section 4). A pruned layer that was not
 clustered stores its kept values raw with the same coded positions; everything else (biases,
 batch-norm statistics) is stored raw. Tied tensors are stored once. The CRC and lengths make
@@ -39,6 +41,9 @@ MAGIC = b"DWDC"
 VERSION = 1
 _HEADER = struct.Struct("<4sB3xQI")
 DEFAULT_INDEX_BITS: dict[str, int] = {"conv": 8, "linear": 5}
+AUTO = "auto"
+AUTO_INDEX_BITS = range(2, 13)  # widths "auto" tries (wider: alphabets of 8 192+ code lengths)
+IndexBits = int | str  # a width or AUTO
 
 
 def _raw(t: Tensor) -> bytes:
@@ -85,14 +90,29 @@ def _positions(gaps: np.ndarray, filler: np.ndarray) -> np.ndarray:
     return (np.cumsum(gaps + 1) - 1)[~filler]
 
 
-def _kind_bits(kind: str, index_bits: dict[str, int]) -> int:
+def _kind_bits(kind: str, index_bits: dict[str, IndexBits]) -> IndexBits:
     return index_bits["linear" if kind == "linear" else "conv"]
 
 
 def _encode_sparse(
-    w: _Writer, mask: Tensor, bits: int, symbols: np.ndarray | None, k: int
+    w: _Writer, mask: Tensor, bits: IndexBits, symbols: np.ndarray | None, k: int
 ) -> dict[str, Any]:
     positions = np.flatnonzero(mask.detach().cpu().numpy().reshape(-1))
+    if bits == AUTO:
+        bits = min(AUTO_INDEX_BITS, key=lambda b: _sparse_cost(positions, b, symbols, k))
+    return _sparse_entry(w, positions, int(bits), symbols, k)
+
+
+def _sparse_cost(positions: np.ndarray, bits: int, symbols: np.ndarray | None, k: int) -> int:
+    """Bytes a layer's coded positions (and symbols) take at ``bits``, manifest entry included."""
+    trial = _Writer()
+    entry = _sparse_entry(trial, positions, bits, symbols, k)
+    return len(trial.blob) + len(zlib.compress(json.dumps(entry, separators=(",", ":")).encode()))
+
+
+def _sparse_entry(
+    w: _Writer, positions: np.ndarray, bits: int, symbols: np.ndarray | None, k: int
+) -> dict[str, Any]:
     gaps, filler = _gaps(positions, bits)
     entry: dict[str, Any] = {"gb": bits, "gap": w.stream(gaps, 1 << bits)}
     if symbols is not None:
@@ -105,16 +125,21 @@ def _encode_sparse(
 
 
 def encode_model(
-    model: nn.Module, index_bits: dict[str, int] | None = None
+    model: nn.Module, index_bits: dict[str, IndexBits] | None = None
 ) -> tuple[bytes, list[dict[str, Any]]]:
-    """The ``deepc`` bytes of ``model`` and per-tensor stats (name, kind, count, bytes)."""
-    bits = {**DEFAULT_INDEX_BITS, **(index_bits or {})}
+    """The ``deepc`` bytes of ``model`` and per-tensor stats (name, kind, count, bytes, and
+    ``index_bits`` for pruned layers). ``index_bits`` per ``conv``/``linear``: a width, or
+    ``"auto"`` for each layer's width in 2-12 bits that gives it the fewest bytes."""
+    bits: dict[str, IndexBits] = {**DEFAULT_INDEX_BITS, **(index_bits or {})}
     state = model.state_dict()
     w, entries, stats, done = _Writer(), [], [], set()
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
 
-    def stat(name: str, kind: str, count: int, start: int) -> None:
-        stats.append({"name": name, "kind": kind, "count": count, "bytes": len(w.blob) - start})
+    def stat(name: str, kind: str, count: int, start: int, entry: dict[str, Any]) -> None:
+        row = {"name": name, "kind": kind, "count": count, "bytes": len(w.blob) - start}
+        if "gb" in entry:
+            row["index_bits"] = entry["gb"]
+        stats.append(row)
 
     for prefix, module in model.named_modules():
         pre = prefix + "." if prefix else ""
@@ -138,7 +163,7 @@ def encode_model(
                 e["sym"] = w.stream(idx, k)
             entries.append(e)
             done.update({pre + "codebook", pre + "indices", pre + "weight_mask"})
-            stat(prefix, "clustered", int(module.indices.numel()), start)
+            stat(prefix, "clustered", int(module.indices.numel()), start, e)
         elif isinstance(module._buffers.get("weight_mask"), Tensor) and isinstance(
             module._parameters.get("weight"), Tensor
         ):
@@ -159,7 +184,7 @@ def encode_model(
             e.update(_encode_sparse(w, mask, _kind_bits(kind, bits), None, 0))
             entries.append(e)
             done.update({pre + "weight", pre + "weight_mask"})
-            stat(prefix, "sparse", int(mask.sum()), start)
+            stat(prefix, "sparse", int(mask.sum()), start, e)
     for name, t in state.items():
         if name in done or not isinstance(t, Tensor):
             continue
@@ -182,7 +207,7 @@ def encode_model(
                 "at": w.put(_raw(t)),
             }
         )
-        stat(name, "raw", t.numel(), start)
+        stat(name, "raw", t.numel(), start, entries[-1])
     manifest = zlib.compress(json.dumps({"t": entries}, separators=(",", ":")).encode(), 9)
     payload = struct.pack("<I", len(manifest)) + manifest + bytes(w.blob)
     header = _HEADER.pack(MAGIC, VERSION, len(payload), zlib.crc32(payload))

@@ -149,19 +149,24 @@ class Encode(Config):
     """Entropy-code the model into the ``deepc`` file (Huffman, Han et al. 2016 section 4).
 
     ``index_bits``: bits of a sparse position difference, per ``conv`` / ``linear`` (the
-    paper: 8 and 5); larger gaps take filler entries.
+    paper: 8 and 5); larger gaps take filler entries. ``"auto"`` gives each layer the width
+    (2-12 bits) that makes its coded positions smallest; the file is decoded the same way.
     """
 
     method: Literal["huffman"] = "huffman"
-    index_bits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_INDEX_BITS))
+    index_bits: dict[str, int | Literal["auto"]] = Field(
+        default_factory=lambda: dict(DEFAULT_INDEX_BITS)
+    )
 
     @field_validator("index_bits")
     @classmethod
-    def _keys(cls, bits: dict[str, int]) -> dict[str, int]:
+    def _keys(cls, bits: dict[str, int | str]) -> dict[str, int | str]:
         unknown = [k for k in bits if k not in _KIND_KEYS]
         if unknown:
             raise ValueError(f"index_bits keys are 'conv' and 'linear' (got {unknown})")
-        _check_bits(bits, 1, 16)
+        widths = {k: b for k, b in bits.items() if b != "auto"}
+        if widths:
+            _check_bits(widths, 1, 16)  # type: ignore[arg-type]
         return {**DEFAULT_INDEX_BITS, **bits}
 
 
