@@ -21,6 +21,7 @@ from dwindle.pruning import FilterPruning, TracingError, prune_filters_
 from dwindle.pruning.verify import check_forward, output_shapes
 from dwindle.quantization import QAT, convert_qat
 from dwindle.quantization.lsq import LSQActivation, LSQWeight
+from dwindle.quantization.packing import PackedLayer
 from dwindle.quantization.qat import prepare_qat
 
 RGB = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -146,8 +147,11 @@ def test_lsq_full_range_weights_use_the_extra_negative_code() -> None:
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     q(x)  # materialise the activation ranges
     q.eval()
+    packed = convert_qat(q)
     with torch.no_grad():
-        assert torch.allclose(convert_qat(q)(x), q(x), atol=1e-4)
+        assert torch.allclose(packed(x), q(x), atol=1e-4)
+    codes = [m.codes() for m in packed.modules() if isinstance(m, PackedLayer)]
+    assert codes and min(int(c.min()) for c in codes) == -8  # the extra level is stored
 
 
 def test_qat_learned_ranges_validation() -> None:

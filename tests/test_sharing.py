@@ -28,6 +28,7 @@ from dwindle.sharing import (
     load_deepc,
     share_,
 )
+from dwindle.sharing.container import _gaps, _positions
 
 FAST_MEASURE = {"batch_sizes": [1, 4], "runs": 3, "warmup": 1, "energy": "estimate"}
 
@@ -138,8 +139,12 @@ def test_bad_share_configs() -> None:
         Share(method="hash", ratio=0)
     with pytest.raises(ConfigError, match=r"index_bits keys are 'conv' and 'linear'"):
         Encode(index_bits={"fc": 5})
-    with pytest.raises(ConfigError, match=r"bits must be integers from 1 to 16"):
+    with pytest.raises(ConfigError, match=r"integers from 1 to 16 or 'auto' \(got \{'linear': 0\}"):
         Encode(index_bits={"linear": 0, "conv": "auto"})
+    with pytest.raises(
+        ConfigError, match=r"integers from 1 to 16 or 'auto' \(got \{'conv': 'Auto'"
+    ):
+        encode_model(_mlp(), {"conv": "Auto"})  # type: ignore[dict-item]
     with pytest.raises(ConfigError, match=r"cannot share the weights of layer 1 \(BatchNorm1d\)"):
         share_(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), Share(targets=("1",)))
     with pytest.raises(ConfigError, match=r"no bits for layer '0' \(Conv2d\)"):
@@ -289,6 +294,39 @@ def test_auto_index_bits_pick_each_layers_width(tmp_path: Path) -> None:
     load_deepc(twin, path)
     x = torch.randn(4, 512)
     assert torch.equal(twin(x), auto(x))
+
+
+def test_gaps_bridge_long_runs_with_fillers() -> None:
+    positions = np.array([0, 3, 4, 40, 41, 300])
+    gaps, filler = _gaps(positions, 3)  # span 8
+    # 0; 3 (gap 3); 4 (gap 1); 40 (gap 36 = 4 fillers of 8, then 4); 41; 300 (259 = 32 x 8 + 3)
+    assert gaps[:8].tolist() == [0, 2, 0, 7, 7, 7, 7, 3] and filler[:8].tolist() == [
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert int(filler.sum()) == 4 + 32 and len(gaps) == 6 + 36
+    assert np.array_equal(_positions(gaps, filler), positions)
+    assert _gaps(np.array([], dtype=np.int64), 5)[0].size == 0
+
+
+def test_fully_pruned_layer_round_trips(tmp_path: Path) -> None:
+    model = _mlp()
+    _prune(model, 0.2)
+    model[4].weight_mask.zero_()  # nothing kept in the last layer
+    model[4].weight.data.zero_()
+    encode_(model, Encode(index_bits={"linear": "auto"}))
+    path = save(model, tmp_path / "empty.deepc")
+    twin = _mlp(seed=5)
+    _prune(twin, 0.2)
+    load_deepc(twin, path)
+    x = torch.randn(4, 64)
+    assert torch.equal(twin(x), model(x)) and not twin[4].weight.any()
 
 
 def test_container_is_much_smaller_than_fp32() -> None:

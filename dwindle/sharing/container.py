@@ -22,14 +22,15 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dwindle.errors import CheckpointError
+from dwindle.errors import CheckpointError, ConfigError
 from dwindle.export import register_format
 from dwindle.sharing.clustering import ClusteredLayer
 from dwindle.sharing.huffman import code_lengths, huffman_decode, huffman_encode
@@ -43,7 +44,7 @@ _HEADER = struct.Struct("<4sB3xQI")
 DEFAULT_INDEX_BITS: dict[str, int] = {"conv": 8, "linear": 5}
 AUTO = "auto"
 AUTO_INDEX_BITS = range(2, 13)  # widths "auto" tries (wider: alphabets of 8 192+ code lengths)
-IndexBits = int | str  # a width or AUTO
+IndexBits = int | Literal["auto"]  # a width or AUTO
 
 
 def _raw(t: Tensor) -> bytes:
@@ -51,6 +52,8 @@ def _raw(t: Tensor) -> bytes:
 
 
 def _from_raw(data: bytes, dtype: str, shape: list[int]) -> Tensor:
+    if not data:  # e.g. the kept values of a fully pruned layer
+        return torch.zeros(0, dtype=getattr(torch, dtype)).reshape(shape)
     flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return flat.view(getattr(torch, dtype)).reshape(shape).clone()
 
@@ -70,28 +73,35 @@ class _Writer:
 
 
 def _gaps(positions: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Relative positions (gap − 1, fits ``bits``) and which entries are fillers."""
+    """Relative positions (gap − 1, fits ``bits``) and which entries are fillers: a gap longer
+    than 2^bits is bridged by filler entries, each at the furthest reachable position."""
     span = 1 << bits
-    gaps, filler = [], []
-    prev = -1
-    for p in positions.tolist():
-        g = p - prev
-        while g > span:  # a filler entry at the furthest reachable position
-            gaps.append(span - 1)
-            filler.append(True)
-            g -= span
-        gaps.append(g - 1)
-        filler.append(False)
-        prev = p
-    return np.asarray(gaps, dtype=np.int64), np.asarray(filler, dtype=bool)
+    g = np.diff(positions.astype(np.int64), prepend=-1)
+    fills = (g - 1) // span  # filler entries before each kept position
+    gaps = np.full(len(g) + int(fills.sum()), span - 1, dtype=np.int64)
+    filler = np.ones(len(gaps), dtype=bool)
+    kept = np.cumsum(fills + 1) - 1  # entry index of each kept position
+    gaps[kept] = g - fills * span - 1
+    filler[kept] = False
+    return gaps, filler
 
 
 def _positions(gaps: np.ndarray, filler: np.ndarray) -> np.ndarray:
     return (np.cumsum(gaps + 1) - 1)[~filler]
 
 
-def _kind_bits(kind: str, index_bits: dict[str, IndexBits]) -> IndexBits:
+def _kind_bits(kind: str, index_bits: Mapping[str, IndexBits]) -> IndexBits:
     return index_bits["linear" if kind == "linear" else "conv"]
+
+
+def _check_index_bits(index_bits: Mapping[str, IndexBits]) -> None:
+    bad = {
+        k: b
+        for k, b in index_bits.items()
+        if b != AUTO and not (isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16)
+    }
+    if bad:
+        raise ConfigError(f"index_bits values are integers from 1 to 16 or 'auto' (got {bad})")
 
 
 def _encode_sparse(
@@ -104,10 +114,22 @@ def _encode_sparse(
 
 
 def _sparse_cost(positions: np.ndarray, bits: int, symbols: np.ndarray | None, k: int) -> int:
-    """Bytes a layer's coded positions (and symbols) take at ``bits``, manifest entry included."""
-    trial = _Writer()
-    entry = _sparse_entry(trial, positions, bits, symbols, k)
-    return len(trial.blob) + len(zlib.compress(json.dumps(entry, separators=(",", ":")).encode()))
+    """Bytes a layer's coded positions (and symbols) take at ``bits``: the Huffman streams
+    exactly (from their histograms) plus their code-length tables as the manifest holds them."""
+    gaps, filler = _gaps(positions, bits)
+    if symbols is not None:
+        full = np.full(len(gaps), k, dtype=np.int64)
+        full[~filler] = symbols[positions]
+        streams = [(gaps, 1 << bits), (full, k + 1)]
+    else:
+        streams = [(gaps, 1 << bits), (filler.astype(np.int64), 2)]
+    total, tables = 0, []
+    for values, alphabet in streams:
+        counts = np.bincount(values, minlength=alphabet)
+        lengths = code_lengths(counts)
+        total += (int((counts * lengths).sum()) + 7) // 8
+        tables.append(lengths.tolist())
+    return total + len(zlib.compress(json.dumps(tables, separators=(",", ":")).encode()))
 
 
 def _sparse_entry(
@@ -125,12 +147,13 @@ def _sparse_entry(
 
 
 def encode_model(
-    model: nn.Module, index_bits: dict[str, IndexBits] | None = None
+    model: nn.Module, index_bits: Mapping[str, IndexBits] | None = None
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """The ``deepc`` bytes of ``model`` and per-tensor stats (name, kind, count, bytes, and
     ``index_bits`` for pruned layers). ``index_bits`` per ``conv``/``linear``: a width, or
     ``"auto"`` for each layer's width in 2-12 bits that gives it the fewest bytes."""
     bits: dict[str, IndexBits] = {**DEFAULT_INDEX_BITS, **(index_bits or {})}
+    _check_index_bits(bits)
     state = model.state_dict()
     w, entries, stats, done = _Writer(), [], [], set()
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}

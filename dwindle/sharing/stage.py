@@ -160,13 +160,20 @@ class Encode(Config):
 
     @field_validator("index_bits")
     @classmethod
-    def _keys(cls, bits: dict[str, int | str]) -> dict[str, int | str]:
+    def _keys(cls, bits: dict[str, int | Literal["auto"]]) -> dict[str, int | Literal["auto"]]:
         unknown = [k for k in bits if k not in _KIND_KEYS]
         if unknown:
             raise ValueError(f"index_bits keys are 'conv' and 'linear' (got {unknown})")
-        widths = {k: b for k, b in bits.items() if b != "auto"}
-        if widths:
-            _check_bits(widths, 1, 16)  # type: ignore[arg-type]
+        bad = {
+            k: b
+            for k, b in bits.items()
+            if b != "auto" and not (isinstance(b, int) and 1 <= b <= 16)
+        }
+        if bad:
+            raise ValueError(
+                f"index_bits values are integers from 1 to 16 or 'auto' (got {bad}); "
+                "'auto' picks each layer's width by the bytes it gives"
+            )
         return {**DEFAULT_INDEX_BITS, **bits}
 
 
@@ -183,11 +190,13 @@ def encode_(model: nn.Module, config: Encode, context: StageContext | None = Non
         if got is None or not _bit_equal(got, tensor):
             raise ConfigError(f"encode: {name!r} did not survive the round trip; please report")
     coded = [s for s in stats if s["kind"] != "raw"]
+    widths = ", ".join(f"{s['name']} {s['index_bits']}" for s in coded if "index_bits" in s)
     if context is not None:
         context.note(
             f"encode (huffman): {len(data)} bytes in deepc format; "
             + (
                 f"{len(coded)} coded layer(s)"
+                + (f"; position widths (bits): {widths}" if widths else "")
                 if coded
                 else "no clustered or pruned layer: everything stored raw (run share/prune first)"
             )
