@@ -184,16 +184,15 @@ def test_hash_stage_initialises_from_the_trained_layer() -> None:
     assert (model(x) - ref).norm() < ref.norm()
 
 
+def _three_alike() -> nn.Sequential:
+    """Three identically shaped 16x16 layers (0, 2, 4) to tie, and a head."""
+    same = [nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)]
+    return nn.Sequential(*same, nn.Linear(16, 2))
+
+
 def test_tied_layers_share_storage_after_training(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(16, 16),
-        nn.ReLU(),
-        nn.Linear(16, 16),
-        nn.ReLU(),
-        nn.Linear(16, 16),
-        nn.Linear(16, 2),
-    )
+    model = _three_alike()
     before = count_params(model)
     ctx = StageContext()
     apply(model, Share(method="tie", targets=("0", "2", "4")), ctx)
@@ -207,14 +206,7 @@ def test_tied_layers_share_storage_after_training(tmp_path: Path) -> None:
     assert copy_[0].weight is copy_[2].weight
     assert "0 = 2 = 4" in ctx.notes[0]
     path = save(model, tmp_path / "tied.safetensors")
-    fresh = nn.Sequential(
-        nn.Linear(16, 16),
-        nn.ReLU(),
-        nn.Linear(16, 16),
-        nn.ReLU(),
-        nn.Linear(16, 16),
-        nn.Linear(16, 2),
-    )
+    fresh = _three_alike()
     share_(fresh, Share(method="tie", targets=("0", "2", "4")))  # the file stores the tie once
     load_weights(fresh, path)
     assert torch.equal(fresh[4].weight, model[4].weight)
