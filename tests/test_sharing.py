@@ -234,6 +234,15 @@ def _compressed(keep: float = 0.15, bits: int = 4) -> nn.Module:
     return model
 
 
+def _loads_into_a_scrambled_copy(model: nn.Module, path: Path, x: torch.Tensor) -> None:
+    """``path`` loaded into a copy of ``model`` with other weights gives ``model``'s outputs."""
+    twin = copy.deepcopy(model)
+    for p in twin.parameters():
+        p.data.normal_()
+    load_deepc(twin, path)
+    assert torch.equal(twin(x), model(x))
+
+
 def test_encode_decode_is_bit_exact_including_sparse_indices(tmp_path: Path) -> None:
     model = _compressed()
     encode_(model, Encode(index_bits={"linear": 3}))  # 3 bits: forces filler entries
@@ -243,12 +252,8 @@ def test_encode_decode_is_bit_exact_including_sparse_indices(tmp_path: Path) -> 
     for name, tensor in model.state_dict().items():
         assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
     # into the same (clustered) architecture with other values
-    twin = copy.deepcopy(model)
-    for p in twin.parameters():
-        p.data.normal_()
-    load_deepc(twin, path)
     x = torch.randn(8, 64)
-    assert torch.equal(twin(x), model(x))
+    _loads_into_a_scrambled_copy(model, path, x)
     # into the plain architecture: clustered layers load their dense effective weights
     plain = _mlp(seed=3)
     load_deepc(plain, path)
@@ -280,12 +285,7 @@ def test_auto_index_bits_pick_each_layers_width(tmp_path: Path) -> None:
     assert len(data) < sizes[5][0] and len(data) <= 1.001 * min(n for n, _ in sizes.values())
     path = save(auto, tmp_path / "auto.deepc")
     assert path.stat().st_size == len(data)
-    twin = copy.deepcopy(model)
-    for p in twin.parameters():
-        p.data.normal_()
-    load_deepc(twin, path)
-    x = torch.randn(4, 512)
-    assert torch.equal(twin(x), auto(x))
+    _loads_into_a_scrambled_copy(auto, path, torch.randn(4, 512))
 
 
 def test_gaps_bridge_long_runs_with_fillers() -> None:

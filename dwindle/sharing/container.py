@@ -94,14 +94,18 @@ def _kind_bits(kind: str, index_bits: Mapping[str, IndexBits]) -> IndexBits:
     return index_bits["linear" if kind == "linear" else "conv"]
 
 
-def _check_index_bits(index_bits: Mapping[str, IndexBits]) -> None:
+def check_index_bits(index_bits: Mapping[str, IndexBits]) -> None:
+    """Refuse position widths other than integers 1-16 or ``"auto"``."""
     bad = {
         k: b
         for k, b in index_bits.items()
         if b != AUTO and not (isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16)
     }
     if bad:
-        raise ConfigError(f"index_bits values are integers from 1 to 16 or 'auto' (got {bad})")
+        raise ConfigError(
+            f"index_bits values are integers from 1 to 16 or 'auto' (got {bad}); "
+            "'auto' picks each layer's width by the bytes it gives"
+        )
 
 
 def _encode_sparse(
@@ -113,18 +117,25 @@ def _encode_sparse(
     return _sparse_entry(w, positions, int(bits), symbols, k)
 
 
+def _sparse_streams(
+    positions: np.ndarray, bits: int, symbols: np.ndarray | None, k: int
+) -> dict[str, tuple[np.ndarray, int]]:
+    """A layer's coded streams at ``bits`` (values and alphabet size) by manifest key: the
+    position gaps, then the cluster symbols (symbol ``k`` marks a filler entry) or, unclustered,
+    which entries are fillers."""
+    gaps, filler = _gaps(positions, bits)
+    if symbols is None:
+        return {"gap": (gaps, 1 << bits), "fill": (filler.astype(np.int64), 2)}
+    full = np.full(len(gaps), k, dtype=np.int64)
+    full[~filler] = symbols[positions]
+    return {"gap": (gaps, 1 << bits), "sym": (full, k + 1)}
+
+
 def _sparse_cost(positions: np.ndarray, bits: int, symbols: np.ndarray | None, k: int) -> int:
     """Bytes a layer's coded positions (and symbols) take at ``bits``: the Huffman streams
     exactly (from their histograms) plus their code-length tables as the manifest holds them."""
-    gaps, filler = _gaps(positions, bits)
-    if symbols is not None:
-        full = np.full(len(gaps), k, dtype=np.int64)
-        full[~filler] = symbols[positions]
-        streams = [(gaps, 1 << bits), (full, k + 1)]
-    else:
-        streams = [(gaps, 1 << bits), (filler.astype(np.int64), 2)]
     total, tables = 0, []
-    for values, alphabet in streams:
+    for values, alphabet in _sparse_streams(positions, bits, symbols, k).values():
         counts = np.bincount(values, minlength=alphabet)
         lengths = code_lengths(counts)
         total += (int((counts * lengths).sum()) + 7) // 8
@@ -135,15 +146,8 @@ def _sparse_cost(positions: np.ndarray, bits: int, symbols: np.ndarray | None, k
 def _sparse_entry(
     w: _Writer, positions: np.ndarray, bits: int, symbols: np.ndarray | None, k: int
 ) -> dict[str, Any]:
-    gaps, filler = _gaps(positions, bits)
-    entry: dict[str, Any] = {"gb": bits, "gap": w.stream(gaps, 1 << bits)}
-    if symbols is not None:
-        full = np.full(len(gaps), k, dtype=np.int64)  # symbol k marks a filler entry
-        full[~filler] = symbols[positions]
-        entry["sym"] = w.stream(full, k + 1)
-    else:
-        entry["fill"] = w.stream(filler.astype(np.int64), 2)
-    return entry
+    streams = _sparse_streams(positions, bits, symbols, k)
+    return {"gb": bits, **{key: w.stream(*stream) for key, stream in streams.items()}}
 
 
 def encode_model(
@@ -153,7 +157,7 @@ def encode_model(
     ``index_bits`` for pruned layers). ``index_bits`` per ``conv``/``linear``: a width, or
     ``"auto"`` for each layer's width in 2-12 bits that gives it the fewest bytes."""
     bits: dict[str, IndexBits] = {**DEFAULT_INDEX_BITS, **(index_bits or {})}
-    _check_index_bits(bits)
+    check_index_bits(bits)
     state = model.state_dict()
     w, entries, stats, done = _Writer(), [], [], set()
     seen: dict[tuple[int, int, tuple[int, ...]], str] = {}

@@ -12,7 +12,13 @@ from torch import nn
 from dwindle.config import Config, StageContext, TargetedConfig, register_technique
 from dwindle.errors import ConfigError
 from dwindle.sharing.clustering import CLUSTERABLE_TYPES, cluster_layer
-from dwindle.sharing.container import DEFAULT_INDEX_BITS, FORMAT, decode_state, encode_model
+from dwindle.sharing.container import (
+    DEFAULT_INDEX_BITS,
+    FORMAT,
+    check_index_bits,
+    decode_state,
+    encode_model,
+)
 from dwindle.sharing.hashing import HashedLinear
 from dwindle.sharing.tying import tie_
 from dwindle.targets import matches, select_modules
@@ -164,16 +170,7 @@ class Encode(Config):
         unknown = [k for k in bits if k not in _KIND_KEYS]
         if unknown:
             raise ValueError(f"index_bits keys are 'conv' and 'linear' (got {unknown})")
-        bad = {
-            k: b
-            for k, b in bits.items()
-            if b != "auto" and not (isinstance(b, int) and 1 <= b <= 16)
-        }
-        if bad:
-            raise ValueError(
-                f"index_bits values are integers from 1 to 16 or 'auto' (got {bad}); "
-                "'auto' picks each layer's width by the bytes it gives"
-            )
+        check_index_bits(bits)
         return {**DEFAULT_INDEX_BITS, **bits}
 
 
