@@ -27,10 +27,13 @@ _REASON = postgres_unavailable_reason()
 needs_pg = pytest.mark.skipif(_REASON is not None, reason=f"no PostgreSQL here: {_REASON}")
 
 
-def _worker(url: str, study: str, n: int, sleep: float) -> subprocess.Popen[str]:
+def _worker(
+    url: str, study: str, n: int, sleep: float, die_at: int | None = None
+) -> subprocess.Popen[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    extra = [] if die_at is None else [str(die_at)]
     return subprocess.Popen(
-        [sys.executable, str(WORKER), url, study, str(n), str(sleep)],
+        [sys.executable, str(WORKER), url, study, str(n), str(sleep), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -122,6 +125,23 @@ def test_resume_after_the_only_worker_was_killed_loses_no_trial(tmp_path: Path) 
     out = _communicate_or_explain(second, url, "resume")
     assert second.returncode == 0, out
     stats = _check(url, "resume", 4)
+    assert stats["retried"] == 1
+
+
+def test_a_worker_killed_before_its_first_heartbeat_does_not_block_the_next(
+    tmp_path: Path,
+) -> None:
+    # Optuna's heartbeat thread beats a moment after a trial starts; dwindle records the first
+    # beat itself before the objective runs, so such a trial still goes stale and is retried
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _create(url, "early")
+    first = _worker(url, "early", 3, 0.2, die_at=1)
+    out = first.communicate(timeout=60)[0]
+    assert first.returncode == 9, out
+    second = _worker(url, "early", 3, 0.2)
+    out = _communicate_or_explain(second, url, "early")
+    assert second.returncode == 0, out
+    stats = _check(url, "early", 3)
     assert stats["retried"] == 1
 
 

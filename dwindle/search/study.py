@@ -161,6 +161,18 @@ def _counts(study: Any, before: int | None = None) -> dict[str, int]:
     return out
 
 
+def _beat_now(study: Any, trial: Any) -> None:
+    """Record the trial's first heartbeat before its objective runs.
+
+    Optuna's heartbeat thread writes the first beat a moment after the trial starts; a worker
+    killed in that moment leaves a RUNNING trial with no heartbeat, which the stale check
+    never fails, so every later worker would wait for it forever. Seen in CI.
+    """
+    storage = study._storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
+        storage.record_heartbeat(trial._trial_id)
+
+
 def run_worker(
     study: Any,
     objective: Callable[[Any], Any],
@@ -182,6 +194,7 @@ def run_worker(
     ran: list[int] = []
 
     def guarded(trial: Any) -> Any:
+        _beat_now(study, trial)
         if _counts(study, before=trial.number)["live"] >= n_trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus
