@@ -101,20 +101,24 @@ def config_key(cfg: QAT) -> str:
 
 
 def _fine_tune(
-    prepared: torch.nn.Module, base: torch.nn.Module, data: Any, cfg: QAT, path: Any, args: Any
+    prepared: torch.nn.Module, teacher: torch.nn.Module, data: Any, cfg: QAT, path: Any, args: Any
 ) -> None:
-    """QAT-train ``prepared`` with ``cfg`` (by KD from ``base`` with --distill) and cache it."""
+    """QAT-train ``prepared`` with ``cfg`` (by KD from ``teacher`` with --distill); cache it."""
     start = time.perf_counter()
     callbacks = [FreezeQuantStats(cfg)]
-    if args.distill:  # LSQ §3.6: the full-precision model teaches, T = 1, equal weights
+    if args.distill:  # LSQ §3.6: a full-precision model teaches, T = 1, equal weights
         kd = DistillConfig(temperature=1.0, alpha=0.5, cache_mb=0)
-        distill(prepared, base.eval(), data, kd, train=cfg.train, callbacks=callbacks)
+        distill(prepared, teacher.eval(), data, kd, train=cfg.train, callbacks=callbacks)
     else:
         train(prepared, data, cfg.train, callbacks=callbacks)
     prepared.to("cpu")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     save(prepared, path)
     print(f"   QAT in {time.perf_counter() - start:.0f} s -> {path.name}", flush=True)
+
+
+def _teacher_name(name: str) -> str:
+    return "the fp32 model" if name == "resnet20" else f"the published fp32 {name}"
 
 
 def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> dict[str, Any]:
@@ -130,9 +134,16 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         variant_config(variant, e, lr, args.device, args.freeze_bn_epoch)
         for e, lr in zip(args.more_epochs, args.more_lr, strict=True)
     ]
+    teachers = [args.teacher] * len(cycles)
+    if args.more_teacher:
+        teachers[1:] = args.more_teacher
     for i, cycle in enumerate(cycles):
+        # a teacher other than the model itself joins the key (the existing keys stay valid)
+        other = teachers[i] if args.distill and teachers[i] != "resnet20" else ""
         if i:
-            key = hashlib.sha256(f"{key}{config_key(cycle)}".encode()).hexdigest()[:8]
+            key = hashlib.sha256(f"{key}{config_key(cycle)}{other}".encode()).hexdigest()[:8]
+        elif other:
+            key = hashlib.sha256(f"{key}{other}".encode()).hexdigest()[:8]
         path = ARTIFACTS / f"cifar_lowbit_{variant}_{key}.safetensors"
         if path.exists():
             if i == 0:  # materialise lazily initialised ranges, then load
@@ -140,7 +151,8 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
             load_weights(prepared, path)
             print(f"   {variant}: QAT weights (cycle {i + 1}) reused from {path.name}", flush=True)
         else:
-            _fine_tune(prepared, base, data, cycle, path, args)
+            teacher = base if teachers[i] == "resnet20" else published(teachers[i])
+            _fine_tune(prepared, teacher, data, cycle, path, args)
     prepared.eval()
     metrics = evaluate_accuracy(prepared, data, batch_size=500)
     packed = convert_qat(prepared)
@@ -160,11 +172,13 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> di
         + (" LSQ" if cfg.learned_ranges else "")
         + (", weight codes -8..7 (LSQ's full grid)" if cfg.weight_range == "full" else ""),
         finetune=f"{args.epochs} epoch(s) on {n} training images, SGD lr {args.lr} cosine"
+        + (f" (KD from {_teacher_name(teachers[0])})" if args.distill else "")
         + "".join(
-            f", then {e} more at lr {lr} cosine (warm restart)"
-            for e, lr in zip(args.more_epochs, args.more_lr, strict=True)
+            f", then {e} more at lr {lr} cosine (warm restart"
+            + (f", KD from {_teacher_name(t)})" if args.distill else ")")
+            for e, lr, t in zip(args.more_epochs, args.more_lr, teachers[1:], strict=True)
         )
-        + (", KD from the fp32 model (T=1, α=0.5)" if args.distill else "")
+        + (", KD at T=1, α=0.5" if args.distill else "")
         + (
             f", BN statistics frozen after epoch {args.freeze_bn_epoch}"
             if args.freeze_bn_epoch is not None
@@ -206,6 +220,20 @@ def main() -> None:
         help="fine-tune with the fp32 checkpoint as teacher (LSQ's KD setting: T=1, α=0.5)",
     )
     parser.add_argument(
+        "--teacher",
+        default="resnet20",
+        choices=sorted(PUBLISHED_ACC),
+        help="--distill's teacher: the model itself (LSQ) or a larger published ResNet "
+        "(Mishra & Marr 2018, Apprentice: a deeper full-precision teacher)",
+    )
+    parser.add_argument(
+        "--more-teacher",
+        nargs="*",
+        default=[],
+        choices=sorted(PUBLISHED_ACC),
+        help="--distill's teacher of each --more-epochs cycle (default: --teacher)",
+    )
+    parser.add_argument(
         "--more-epochs",
         type=int,
         nargs="*",
@@ -220,6 +248,8 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.more_lr) != len(args.more_epochs):
         parser.error("give one --more-lr per --more-epochs cycle")
+    if args.more_teacher and len(args.more_teacher) != len(args.more_epochs):
+        parser.error("give one --more-teacher per --more-epochs cycle")
     data = training_budget(args, cpu_epochs=2, gpu_epochs=60)
     base = published("resnet20")
     base_metrics = evaluate_accuracy(base, data, batch_size=500)

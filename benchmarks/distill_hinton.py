@@ -11,7 +11,8 @@ un-jittered training set, where the cache serves the teacher's outputs after the
         [--alone-lr 0.05 --kd-lr 0.02]      # defaults: distill_hinton_lr.py's validation picks
 
 ``--student-jitter`` trains both students on the teacher's jittered inputs and writes
-distill_hinton_jitter.{json,md} instead (not the target's protocol).
+distill_hinton_jitter.{json,md} instead (not the target's protocol); a --student-epochs
+other than 30 adds ``_e{epochs}`` to the file name.
 
 The teacher is saved to benchmarks/artifacts/hinton_teacher_2x1200.safetensors and reused;
 ``--teacher-extra-epochs`` continues training a saved teacher.
@@ -214,7 +215,8 @@ def main() -> None:
     # The target is Hinton's protocol (students on the plain training split); the jittered
     # variant is a separate table.
     write_results(
-        "distill_hinton_jitter" if args.student_jitter else "distill_hinton",
+        ("distill_hinton_jitter" if args.student_jitter else "distill_hinton")
+        + (f"_e{args.student_epochs}" if args.student_epochs != 30 else ""),
         rows,
         {}
         if args.student_jitter
