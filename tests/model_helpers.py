@@ -8,6 +8,7 @@ from torch import nn
 
 from dwindle.models import create
 from dwindle.models.resnet import ResNetCifar
+from dwindle.sharing import Share, share_
 
 
 def randomize_bn(model: nn.Module, seed: int = 1, shift: float = 0.1) -> nn.Module:
@@ -59,3 +60,30 @@ def stream_writers(model: nn.Module, stage: str) -> list[tuple[nn.Conv2d, nn.Bat
 def stream_width(model: nn.Module, stage: str) -> int:
     """Channels of a stage's residual stream."""
     return stream_writers(model, stage)[-1][0].out_channels
+
+
+def mlp_64(seed: int = 0) -> nn.Sequential:
+    """A 64 → 48 → 32 → 4 ReLU MLP with seeded weights."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
+
+
+def magnitude_masks(model: nn.Module, keep: float) -> None:
+    """Magnitude masks as dwindle.pruning leaves them: a bool ``weight_mask`` buffer."""
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d):
+            w = layer.weight.detach()
+            thr = w.abs().flatten().kthvalue(max(1, int((1 - keep) * w.numel()))).values
+            mask = w.abs() > thr
+            layer.register_buffer("weight_mask", mask)
+            layer.weight.data.mul_(mask)
+
+
+def clustered_mlp(keep: float = 0.15, bits: int = 4) -> nn.Module:
+    """mlp_64 pruned to ``keep`` and clustered at ``bits``; the last layer stays a pruned Linear."""
+    model = mlp_64()
+    magnitude_masks(model, keep)
+    share_(model, Share(bits=bits, targets=("0", "2")))
+    return model

@@ -2,15 +2,15 @@ import copy
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from model_helpers import clustered_mlp, magnitude_masks, mlp_64
 from torch import nn
 
 from dwindle.config import StageContext, apply
-from dwindle.errors import CheckpointError, ConfigError
+from dwindle.errors import ConfigError
 from dwindle.export import load_weights, save
-from dwindle.metrics import artifact_bytes, count_params
+from dwindle.metrics import count_params
 from dwindle.pipeline import run_recipe
 from dwindle.sharing import (
     ClusteredLayer,
@@ -18,37 +18,13 @@ from dwindle.sharing import (
     HashedLinear,
     Share,
     cluster_layer,
-    code_lengths,
-    decode_state,
-    encode_,
     encode_model,
-    huffman_decode,
-    huffman_encode,
     kmeans_1d,
     load_deepc,
     share_,
 )
-from dwindle.sharing.container import _gaps, _positions
 
 FAST_MEASURE = {"batch_sizes": [1, 4], "runs": 3, "warmup": 1, "energy": "estimate"}
-
-
-def _mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 4)
-    )
-
-
-def _prune(model: nn.Module, keep: float) -> None:
-    """Magnitude masks as dwindle.pruning leaves them: a bool ``weight_mask`` buffer."""
-    for layer in model.modules():
-        if isinstance(layer, nn.Linear | nn.Conv2d):
-            w = layer.weight.detach()
-            thr = w.abs().flatten().kthvalue(max(1, int((1 - keep) * w.numel()))).values
-            mask = w.abs() > thr
-            layer.register_buffer("weight_mask", mask)
-            layer.weight.data.mul_(mask)
 
 
 def _distinct(layer: ClusteredLayer) -> int:
@@ -68,7 +44,7 @@ def test_kmeans_reduces_error_and_uses_k_centroids(init: str) -> None:
 
 
 def test_clustered_layer_has_at_most_k_values_before_and_after_finetuning() -> None:
-    model = _mlp()
+    model = mlp_64()
     x, y = torch.randn(128, 64), torch.randint(0, 4, (128,))
     ref = model(x)
     share_(model, Share(bits=4))
@@ -100,8 +76,8 @@ def test_centroid_gradient_is_the_sum_over_its_cluster() -> None:
 
 
 def test_masks_are_respected_zeros_stay_zero() -> None:
-    model = _mlp()
-    _prune(model, 0.2)
+    model = mlp_64()
+    magnitude_masks(model, 0.2)
     masks = [model[i].weight_mask.clone() for i in (0, 2, 4)]
     share_(model, Share(bits={"linear": 3}))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -144,7 +120,7 @@ def test_bad_share_configs() -> None:
     with pytest.raises(
         ConfigError, match=r"integers from 1 to 16 or 'auto' \(got \{'conv': 'Auto'"
     ):
-        encode_model(_mlp(), {"conv": "Auto"})  # type: ignore[dict-item]
+        encode_model(mlp_64(), {"conv": "Auto"})  # type: ignore[dict-item]
     with pytest.raises(ConfigError, match=r"cannot share the weights of layer 1 \(BatchNorm1d\)"):
         share_(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), Share(targets=("1",)))
     with pytest.raises(ConfigError, match=r"no bits for layer '0' \(Conv2d\)"):
@@ -175,7 +151,7 @@ def test_hashed_linear_has_k_params_and_trains() -> None:
 
 
 def test_hash_stage_initialises_from_the_trained_layer() -> None:
-    model = _mlp()
+    model = mlp_64()
     x = torch.randn(32, 64)
     ref = model(x)
     share_(model, Share(method="hash", ratio=1.0, targets=("0",)))
@@ -216,141 +192,8 @@ def test_tied_layers_share_storage_after_training(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("alphabet", [1, 2, 7, 33])
-def test_huffman_round_trip(alphabet: int) -> None:
-    rng = np.random.default_rng(alphabet)
-    symbols = np.minimum(rng.geometric(0.35, 5000) - 1, alphabet - 1)
-    lengths = code_lengths(np.bincount(symbols, minlength=alphabet))
-    data, nbits = huffman_encode(symbols, lengths)
-    assert np.array_equal(huffman_decode(data, nbits, lengths, len(symbols)), symbols)
-    if alphabet > 2:  # entropy coding beats the fixed-width code on a skewed stream
-        assert nbits < len(symbols) * np.ceil(np.log2(alphabet))
-
-
-def _compressed(keep: float = 0.15, bits: int = 4) -> nn.Module:
-    model = _mlp()
-    _prune(model, keep)
-    share_(model, Share(bits=bits, targets=("0", "2")))  # the last layer stays a pruned Linear
-    return model
-
-
-def _loads_into_a_scrambled_copy(model: nn.Module, path: Path, x: torch.Tensor) -> None:
-    """``path`` loaded into a copy of ``model`` with other weights gives ``model``'s outputs."""
-    twin = copy.deepcopy(model)
-    for p in twin.parameters():
-        p.data.normal_()
-    load_deepc(twin, path)
-    assert torch.equal(twin(x), model(x))
-
-
-def test_encode_decode_is_bit_exact_including_sparse_indices(tmp_path: Path) -> None:
-    model = _compressed()
-    encode_(model, Encode(index_bits={"linear": 3}))  # 3 bits: forces filler entries
-    path = save(model, tmp_path / "m.deepc")
-    assert model.dwindle_format == "deepc" and path.stat().st_size == artifact_bytes(model)[0]
-    state = decode_state(path.read_bytes())
-    for name, tensor in model.state_dict().items():
-        assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
-    # into the same (clustered) architecture with other values
-    x = torch.randn(8, 64)
-    _loads_into_a_scrambled_copy(model, path, x)
-    # into the plain architecture: clustered layers load their dense effective weights
-    plain = _mlp(seed=3)
-    load_deepc(plain, path)
-    assert torch.equal(plain(x), model(x))
-
-
-def test_auto_index_bits_pick_each_layers_width(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256))
-    for layer, keep in ((model[0], 0.02), (model[2], 0.6)):  # long gaps / short gaps
-        w = layer.weight.detach()
-        mask = w.abs() > w.abs().flatten().kthvalue(int((1 - keep) * w.numel())).values
-        layer.register_buffer("weight_mask", mask)
-        layer.weight.data.mul_(mask)
-    share_(model, Share(bits=4))
-    encode_(model, Encode())  # pruned zeros made +0.0, so every layer is coded
-    sizes = {}
-    for b in range(2, 13):
-        data, stats = encode_model(model, {"linear": b})
-        sizes[b] = (len(data), {s["name"]: s["bytes"] for s in stats if "index_bits" in s})
-    auto = encode_(copy.deepcopy(model), Encode(index_bits={"linear": "auto"}))  # round-trips
-    data, stats = encode_model(auto, auto.dwindle_index_bits)
-    layers = {s["name"]: s for s in stats if "index_bits" in s}
-    for name, row in layers.items():  # coded as that layer alone at its width would be
-        assert row["bytes"] == sizes[row["index_bits"]][1][name]
-    # the sparse layer takes wide gaps, the dense one narrow; the file beats the default
-    # widths' and matches the best single width (each layer's manifest share is estimated)
-    assert layers["0"]["index_bits"] > layers["2"]["index_bits"]
-    assert len(data) < sizes[5][0] and len(data) <= 1.001 * min(n for n, _ in sizes.values())
-    path = save(auto, tmp_path / "auto.deepc")
-    assert path.stat().st_size == len(data)
-    _loads_into_a_scrambled_copy(auto, path, torch.randn(4, 512))
-
-
-def test_gaps_bridge_long_runs_with_fillers() -> None:
-    positions = np.array([0, 3, 4, 40, 41, 300])
-    gaps, filler = _gaps(positions, 3)  # span 8
-    # 0; 3 (gap 3); 4 (gap 1); 40 (gap 36 = 4 fillers of 8, then 4); 41; 300 (259 = 32 x 8 + 3)
-    assert gaps[:8].tolist() == [0, 2, 0, 7, 7, 7, 7, 3] and filler[:8].tolist() == [
-        False,
-        False,
-        False,
-        True,
-        True,
-        True,
-        True,
-        False,
-    ]
-    assert int(filler.sum()) == 4 + 32 and len(gaps) == 6 + 36
-    assert np.array_equal(_positions(gaps, filler), positions)
-    assert _gaps(np.array([], dtype=np.int64), 5)[0].size == 0
-
-
-def test_fully_pruned_layer_round_trips(tmp_path: Path) -> None:
-    model = _mlp()
-    _prune(model, 0.2)
-    model[4].weight_mask.zero_()  # nothing kept in the last layer
-    model[4].weight.data.zero_()
-    encode_(model, Encode(index_bits={"linear": "auto"}))
-    path = save(model, tmp_path / "empty.deepc")
-    twin = _mlp(seed=5)
-    _prune(twin, 0.2)
-    load_deepc(twin, path)
-    x = torch.randn(4, 64)
-    assert torch.equal(twin(x), model(x)) and not twin[4].weight.any()
-
-
-def test_container_is_much_smaller_than_fp32() -> None:
-    model = encode_(_compressed(keep=0.1, bits=4), Encode())
-    data, stats = encode_model(model)
-    fp32 = sum(p.numel() for p in _mlp().parameters()) * 4
-    assert len(data) < fp32 / 8  # raw biases and the manifest weigh most in a model this small
-    assert {s["kind"] for s in stats} == {"clustered", "sparse", "raw"}
-
-
-def test_corrupted_or_truncated_file_is_refused(tmp_path: Path) -> None:
-    model = encode_(_compressed(), Encode())
-    path = save(model, tmp_path / "m.deepc")
-    data = path.read_bytes()
-    bad = bytearray(data)
-    bad[len(bad) // 2] ^= 0x40
-    (tmp_path / "bad.deepc").write_bytes(bytes(bad))
-    with pytest.raises(CheckpointError, match="corrupted: CRC32 mismatch"):
-        load_deepc(_mlp(), tmp_path / "bad.deepc")
-    (tmp_path / "short.deepc").write_bytes(data[:-7])
-    with pytest.raises(CheckpointError, match=r"truncated or padded: the header says \d+"):
-        load_deepc(_mlp(), tmp_path / "short.deepc")
-    with pytest.raises(CheckpointError, match="shorter than the header"):
-        decode_state(data[:10])
-    with pytest.raises(CheckpointError, match="not a dwindle deepc file"):
-        decode_state(b"PK\x03\x04" + data[4:])
-    with pytest.raises(CheckpointError, match=r"does not fit Sequential"):
-        load_deepc(nn.Sequential(nn.Linear(64, 4)), path)
-
-
 def test_clustered_model_pickles() -> None:
-    model = _compressed()
+    model = clustered_mlp()
     x = torch.randn(4, 64)
     assert torch.equal(pickle.loads(pickle.dumps(model))(x), model(x))
 
