@@ -90,9 +90,16 @@ def errors(model: nn.Module, data: Any, split: str) -> int:
     return round((1 - acc) * data.size(split))
 
 
-def teacher_model() -> nn.Module:
-    mlp = dw.models.create("mlp", hidden=(1200, 1200), dropout=0.5, num_classes=10)
-    return nn.Sequential(nn.Dropout(0.2), mlp)
+def teacher_model(dropout: float = 0.5, input_dropout: float = 0.2) -> nn.Module:
+    """The 2×1200 ReLU teacher; the dropout rates matter only in training."""
+    mlp = dw.models.create("mlp", hidden=(1200, 1200), dropout=dropout, num_classes=10)
+    return nn.Sequential(nn.Dropout(input_dropout), mlp)
+
+
+def regularisation(args: argparse.Namespace) -> str:
+    """The teacher's training regularisation as its phases record it."""
+    norm = f"max-norm {args.teacher_max_norm:g}" if args.teacher_max_norm else "no max-norm"
+    return f"dropout {args.teacher_dropout:g}/{args.teacher_input_dropout:g} (hidden/input), {norm}"
 
 
 def student_model() -> nn.Module:
@@ -101,14 +108,22 @@ def student_model() -> nn.Module:
 
 
 def train_teacher(
-    teacher: nn.Module, data: Any, epochs: int, lr: float, seconds: dict[str, float]
+    teacher: nn.Module,
+    data: Any,
+    epochs: int,
+    lr: float,
+    seconds: dict[str, float],
+    max_norm: float = 3.5,
+    seed: int | None = 0,
 ) -> None:
-    torch.manual_seed(0)
+    """Train ``teacher`` on jittered inputs, max-norm capped unless ``max_norm`` is 0."""
+    if seed is not None:
+        torch.manual_seed(seed)
     tick = time.perf_counter()
     cfg = dw.TrainConfig(
         epochs=epochs, lr=lr, momentum=0.9, schedule="cosine", augment=True, progress=False
     )
-    dw.train(teacher, data, cfg, callbacks=[MaxNorm()])
+    dw.train(teacher, data, cfg, callbacks=[MaxNorm(max_norm)] if max_norm else [])
     seconds["teacher_2x1200"] = seconds.get("teacher_2x1200", 0.0) + time.perf_counter() - tick
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     save(teacher, TEACHER_FILE)
@@ -131,6 +146,10 @@ def main() -> None:
     parser.add_argument("--alone-lr", type=float, default=ALONE_LR, help="student alone")
     parser.add_argument("--kd-lr", type=float, default=KD_LR, help="distilled student")
     parser.add_argument("--retrain-teacher", action="store_true")
+    parser.add_argument("--teacher-lr", type=float, default=0.05, help="a retrained teacher's")
+    parser.add_argument("--teacher-dropout", type=float, default=0.5, help="hidden units")
+    parser.add_argument("--teacher-input-dropout", type=float, default=0.2)
+    parser.add_argument("--teacher-max-norm", type=float, default=3.5, help="0: off")
     parser.add_argument("--teacher-extra-epochs", type=int, default=0)
     parser.add_argument("--extra-lr", type=float, default=0.02)
     parser.add_argument(
@@ -145,7 +164,7 @@ def main() -> None:
     data.augment = jitter
     seconds: dict[str, float] = {}
 
-    teacher = teacher_model()
+    teacher = teacher_model(args.teacher_dropout, args.teacher_input_dropout)
     phases = []
     if TEACHER_FILE.exists() and not args.retrain_teacher:
         load_weights(teacher, TEACHER_FILE)
@@ -155,12 +174,28 @@ def main() -> None:
             + (f", trained by: {', then '.join(history)}" if history else "")
         )
     else:
-        phases.append(f"{args.teacher_epochs} epochs at lr 0.05")
-        train_teacher(teacher, data, args.teacher_epochs, 0.05, seconds)
+        phases.append(
+            f"{args.teacher_epochs} epochs at lr {args.teacher_lr:g}, {regularisation(args)}"
+        )
+        torch.manual_seed(0)  # a fresh teacher's initial weights and its training, seed 0
+        teacher = teacher_model(args.teacher_dropout, args.teacher_input_dropout)
+        train_teacher(
+            teacher,
+            data,
+            args.teacher_epochs,
+            args.teacher_lr,
+            seconds,
+            args.teacher_max_norm,
+            seed=None,
+        )
         record_teacher_phase(phases[-1], fresh=True)
     if args.teacher_extra_epochs:  # continue a saved teacher (a further cosine cycle)
-        phases.append(f"{args.teacher_extra_epochs} more epochs at lr {args.extra_lr}")
-        train_teacher(teacher, data, args.teacher_extra_epochs, args.extra_lr, seconds)
+        phases.append(
+            f"{args.teacher_extra_epochs} more epochs at lr {args.extra_lr}, {regularisation(args)}"
+        )
+        train_teacher(
+            teacher, data, args.teacher_extra_epochs, args.extra_lr, seconds, args.teacher_max_norm
+        )
         record_teacher_phase(phases[-1], fresh=False)
     teacher.eval()
 
@@ -232,8 +267,9 @@ def main() -> None:
             ("teacher batches run", "metrics.teacher_forward_batches"),
         ],
         notes=[
-            f"teacher: {'; '.join(phases)} (dropout 0.5/0.2, ±2 px jitter, max-norm "
-            f"3.5, SGD momentum 0.9, cosine schedule); students: {args.student_epochs} epochs "
+            f"teacher: {'; '.join(phases)} (±2 px jitter, SGD momentum 0.9, cosine schedule"
+            + ("" if "dropout" in " ".join(phases) else "; dropout 0.5/0.2, max-norm 3.5")
+            + "); students: {args.student_epochs} epochs "
             "(SGD momentum 0.9, cosine), same init, no regularisation, peak lr "
             f"{args.alone_lr} alone and {args.kd_lr} distilled (each student's fewest validation "
             "errors in distill_hinton_lr.md's sweep)"
