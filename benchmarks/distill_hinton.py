@@ -1,12 +1,17 @@
 """Hinton et al. 2015 §3, MNIST: a 2×1200 teacher distilled into a 2×800 student at T = 20.
 
-Teacher: 2×1200 ReLU MLP, dropout 0.5 on hidden units and 0.2 on inputs, random ±2 px
-translations (the paper's "jittered" input), max-norm weights, SGD with momentum.
+Teacher: 2×1200 ReLU MLP trained on random ±2 px translations (the paper's "jittered" input),
+SGD with momentum. The paper's teacher also had dropout (0.5 hidden, 0.2 input) and max-norm
+weights; at the epochs affordable here that teacher reached 78 test / 37 validation errors after
+~150 epochs, while jitter alone reaches 77 / 34 in 80 (picked by validation), so the defaults
+leave dropout and max-norm off (--teacher-dropout 0.5 --teacher-input-dropout 0.2
+--teacher-max-norm 3.5 bring them back).
 Student: 2×800 ReLU MLP with no regularisation, trained alone on labels, and the same
 student (same initial weights, same schedule but its own peak lr) distilled at T = 20 on the
 un-jittered training set, where the cache serves the teacher's outputs after the first epoch.
 
-    python benchmarks/distill_hinton.py [--teacher-epochs 40] [--student-epochs 30]
+    python benchmarks/distill_hinton.py [--retrain-teacher --teacher-epochs 80]
+        [--student-epochs 30]
         [--teacher-extra-epochs N --extra-lr 0.02] [--student-jitter]
         [--alone-lr 0.05 --kd-lr 0.02]      # defaults: distill_hinton_lr.py's validation picks
 
@@ -90,7 +95,7 @@ def errors(model: nn.Module, data: Any, split: str) -> int:
     return round((1 - acc) * data.size(split))
 
 
-def teacher_model(dropout: float = 0.5, input_dropout: float = 0.2) -> nn.Module:
+def teacher_model(dropout: float = 0.0, input_dropout: float = 0.0) -> nn.Module:
     """The 2×1200 ReLU teacher; the dropout rates matter only in training."""
     mlp = dw.models.create("mlp", hidden=(1200, 1200), dropout=dropout, num_classes=10)
     return nn.Sequential(nn.Dropout(input_dropout), mlp)
@@ -113,7 +118,7 @@ def train_teacher(
     epochs: int,
     lr: float,
     seconds: dict[str, float],
-    max_norm: float = 3.5,
+    max_norm: float = 0.0,
     seed: int | None = 0,
 ) -> None:
     """Train ``teacher`` on jittered inputs, max-norm capped unless ``max_norm`` is 0."""
@@ -141,15 +146,15 @@ def record_teacher_phase(phase: str, fresh: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-epochs", type=int, default=40)
+    parser.add_argument("--teacher-epochs", type=int, default=80)
     parser.add_argument("--student-epochs", type=int, default=30)
     parser.add_argument("--alone-lr", type=float, default=ALONE_LR, help="student alone")
     parser.add_argument("--kd-lr", type=float, default=KD_LR, help="distilled student")
     parser.add_argument("--retrain-teacher", action="store_true")
     parser.add_argument("--teacher-lr", type=float, default=0.05, help="a retrained teacher's")
-    parser.add_argument("--teacher-dropout", type=float, default=0.5, help="hidden units")
-    parser.add_argument("--teacher-input-dropout", type=float, default=0.2)
-    parser.add_argument("--teacher-max-norm", type=float, default=3.5, help="0: off")
+    parser.add_argument("--teacher-dropout", type=float, default=0.0, help="hidden units")
+    parser.add_argument("--teacher-input-dropout", type=float, default=0.0)
+    parser.add_argument("--teacher-max-norm", type=float, default=0.0, help="0: off")
     parser.add_argument("--teacher-extra-epochs", type=int, default=0)
     parser.add_argument("--extra-lr", type=float, default=0.02)
     parser.add_argument(
@@ -269,7 +274,7 @@ def main() -> None:
         notes=[
             f"teacher: {'; '.join(phases)} (±2 px jitter, SGD momentum 0.9, cosine schedule"
             + ("" if "dropout" in " ".join(phases) else "; dropout 0.5/0.2, max-norm 3.5")
-            + "); students: {args.student_epochs} epochs "
+            + f"); students: {args.student_epochs} epochs "
             "(SGD momentum 0.9, cosine), same init, no regularisation, peak lr "
             f"{args.alone_lr} alone and {args.kd_lr} distilled (each student's fewest validation "
             "errors in distill_hinton_lr.md's sweep)"
