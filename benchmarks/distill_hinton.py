@@ -119,11 +119,9 @@ def train_teacher(
     lr: float,
     seconds: dict[str, float],
     max_norm: float = 0.0,
-    seed: int | None = 0,
 ) -> None:
-    """Train ``teacher`` on jittered inputs, max-norm capped unless ``max_norm`` is 0."""
-    if seed is not None:
-        torch.manual_seed(seed)
+    """Train ``teacher`` on jittered inputs (dw.train seeds itself), max-norm capped unless
+    ``max_norm`` is 0."""
     tick = time.perf_counter()
     cfg = dw.TrainConfig(
         epochs=epochs, lr=lr, momentum=0.9, schedule="cosine", augment=True, progress=False
@@ -169,6 +167,7 @@ def main() -> None:
     data.augment = jitter
     seconds: dict[str, float] = {}
 
+    torch.manual_seed(0)  # a fresh teacher's initial weights
     teacher = teacher_model(args.teacher_dropout, args.teacher_input_dropout)
     phases = []
     if TEACHER_FILE.exists() and not args.retrain_teacher:
@@ -182,16 +181,8 @@ def main() -> None:
         phases.append(
             f"{args.teacher_epochs} epochs at lr {args.teacher_lr:g}, {regularisation(args)}"
         )
-        torch.manual_seed(0)  # a fresh teacher's initial weights and its training, seed 0
-        teacher = teacher_model(args.teacher_dropout, args.teacher_input_dropout)
         train_teacher(
-            teacher,
-            data,
-            args.teacher_epochs,
-            args.teacher_lr,
-            seconds,
-            args.teacher_max_norm,
-            seed=None,
+            teacher, data, args.teacher_epochs, args.teacher_lr, seconds, args.teacher_max_norm
         )
         record_teacher_phase(phases[-1], fresh=True)
     if args.teacher_extra_epochs:  # continue a saved teacher (a further cosine cycle)
