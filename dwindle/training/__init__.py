@@ -1,6 +1,7 @@
 """The trainer: ``train``, ``finetune``, ``evaluate``, their config, callbacks and primitives."""
 
 from dwindle.training.callbacks import Callback, CallbackList, LossFn, TrainState
+from dwindle.training.checkpoint import average_snapshots
 from dwindle.training.config import TrainConfig
 from dwindle.training.evaluate import evaluate, input_dtype, logits_of
 from dwindle.training.loop import TrainResult, finetune, save_checkpoint, train
@@ -14,6 +15,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "average_snapshots",
     "build_optimizer",
     "build_scheduler",
     "evaluate",
