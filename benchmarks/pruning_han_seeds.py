@@ -13,20 +13,36 @@ every seed. Writes benchmarks/results/pruning_han_seeds.{json,md}; no target rea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from typing import Any
 
 import torch
-from _common import write_results
-from pruning_han import JOBS, baseline_model, error_pct, han_prune, train_baseline
+from _common import ARTIFACTS, write_results
+from pruning_han import JOBS, Job, baseline_model, error_pct, han_prune, train_baseline
 
 from dwindle import data as dwdata
+from dwindle.export import load_weights, save
 from dwindle.metrics import count_nonzeros, count_params
+from dwindle.models import create
 
 
-def seed_row(seed: int, data: Any) -> dict[str, Any]:
-    job = JOBS["lenet300"]
-    base, how = baseline_model(job, data, 0) if seed == 0 else train_baseline(job, data, seed)
+def seed_baseline(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str]:
+    """Seed 0: pruning_han.py's baseline; others: trained once, then cached in artifacts."""
+    if seed == 0:
+        return baseline_model(job, data, 0)
+    path = ARTIFACTS / f"{job.model}_seed{seed}.safetensors"
+    if path.exists():
+        model = create(job.model, num_classes=data.num_classes)
+        load_weights(model, path)
+        return model, f"loaded {path.name}"
+    model, how = train_baseline(job, data, seed)
+    save(model, path)
+    return model, how
+
+
+def seed_row(job: Job, seed: int, data: Any) -> dict[str, Any]:
+    base, how = seed_baseline(job, data, seed)
     pruned = han_prune(job, base, data, seed, 1.0).model
     m: dict[str, Any] = {
         "baseline_val_error_pct": error_pct(base, data, "val"),
@@ -67,16 +83,32 @@ def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--rounds", type=int, help="Han rounds (default: pruning_han.py's)")
+    parser.add_argument("--epochs", type=int, help="retraining epochs per round")
+    parser.add_argument("--final-epochs", type=int, help="retraining epochs after the last round")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = dwdata.load("mnist", seed=0)
+    job = JOBS["lenet300"]
+    changed = {
+        k: v
+        for k, v in {
+            "rounds": args.rounds,
+            "epochs": args.epochs,
+            "final_epochs": args.final_epochs,
+        }.items()
+        if v is not None and v != getattr(job, k)
+    }
+    job = dataclasses.replace(job, **changed)
     rows = []
     for seed in args.seeds:
-        rows.append(seed_row(seed, data))
+        rows.append(seed_row(job, seed, data))
         print(rows[-1]["metrics"], flush=True)
-    job = JOBS["lenet300"]
+    # another schedule than pruning_han.py's writes its own table
+    short = {"rounds": "r", "epochs": "e", "final_epochs": "f"}
+    suffix = "".join(f"_{short[k]}{v}" for k, v in changed.items())
     write_results(
-        "pruning_han_seeds",
+        f"pruning_han_seeds{suffix}",
         [*rows, spread(rows)],
         {},
         columns=[
@@ -90,7 +122,8 @@ def main() -> None:
         ],
         notes=[
             f"each seed trains its baseline (baselines.py's config) and Han-prunes it with "
-            f"pruning_han.py's lenet300 job (calibration {job.keep}, {job.rounds} rounds × "
+            f"pruning_han.py's lenet300 job{' changed to ' + str(changed) if changed else ''} "
+            f"(calibration {job.keep}, {job.rounds} rounds × "
             f"{job.epochs} epochs, {job.final_epochs} final epochs); data split fixed (seed 0: "
             "5 000 validation images held out of the training set, 10 000 test images).",
             "the last row is the mean ± sample standard deviation over the seeds; one test image "
