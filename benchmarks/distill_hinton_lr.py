@@ -7,7 +7,8 @@ Hinton et al. 2015 §3's 2×800 student, trained alone on labels and distilled a
 α = 0.9 from the saved 2×1200 teacher (run distill_hinton.py first), on the plain training
 split, for each peak lr (SGD momentum 0.9, cosine, same initial weights). distill_hinton.py's
 ALONE_LR / KD_LR are the lrs with the fewest *validation* errors here; test errors are shown
-beside them but were not used to choose. Writes benchmarks/results/distill_hinton_lr.{json,md}.
+beside them but were not used to choose. Writes benchmarks/results/distill_hinton_lr.{json,md}
+(``_e{epochs}`` added to the name for --epochs other than 30).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main() -> None:
             }
         )
     write_results(
-        "distill_hinton_lr",
+        "distill_hinton_lr" + (f"_e{args.epochs}" if args.epochs != 30 else ""),
         rows,
         {},
         columns=[
@@ -85,7 +86,7 @@ def main() -> None:
             "55 000-image training split; KD at T=20, α=0.9 from the 2×1200 teacher.",
             "fewest validation errors: "
             + ", ".join(f"{k} at lr {lr:g}" for k, (_, lr) in best.items())
-            + " (the lrs distill_hinton.py uses).",
+            + (" (the lrs distill_hinton.py uses)." if args.epochs == 30 else "."),
         ],
     )
 
