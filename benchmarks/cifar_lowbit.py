@@ -172,12 +172,10 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> li
             else ""
         )
     )
+    rows = [_measured(prepared, base, cfg, data, args, variant, finetune, variant)]
     if not args.average_cycles:
-        return [_measured(prepared, base, cfg, data, args, variant, finetune, variant)]
+        return rows
     # SWA: the mean of the last cycles' end-of-cycle weights, a row beside the last cycle's
-    if not 1 <= args.average_cycles <= len(paths):
-        raise SystemExit(f"--average-cycles must be 1..{len(paths)} (the cycles run)")
-    last = _measured(prepared, base, cfg, data, args, variant, finetune, variant)
     states = [load_file(str(p)) for p in paths[-args.average_cycles :]]
     prepared.load_state_dict(average_snapshots(states))
     finetune += (
@@ -185,7 +183,7 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> li
         "(SWA, Izmailov et al. 2018)"
     )
     swa = f"{variant}_swa{args.average_cycles}"
-    return [last, _measured(prepared, base, cfg, data, args, variant, finetune, swa)]
+    return [*rows, _measured(prepared, base, cfg, data, args, variant, finetune, swa)]
 
 
 def _measured(
@@ -290,6 +288,8 @@ def main() -> None:
         parser.error("give one --more-lr per --more-epochs cycle")
     if args.more_teacher and len(args.more_teacher) != len(args.more_epochs):
         parser.error("give one --more-teacher per --more-epochs cycle")
+    if not 0 <= args.average_cycles <= 1 + len(args.more_epochs):
+        parser.error(f"--average-cycles must be 0..{1 + len(args.more_epochs)} (the cycles run)")
     data = training_budget(args, cpu_epochs=2, gpu_epochs=60)
     base = published("resnet20")
     base_metrics = evaluate_accuracy(base, data, batch_size=500)
