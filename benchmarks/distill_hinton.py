@@ -174,6 +174,12 @@ def main() -> None:
         "transfer set, the teacher run on every batch)",
     )
     args = parser.parse_args()
+    other = args.teacher_file != TEACHER_FILE.name  # a candidate teacher: its own table
+    path = ARTIFACTS / args.teacher_file
+    if other and (args.retrain_teacher or args.teacher_extra_epochs):
+        parser.error("--teacher-file only loads a saved teacher; it does not train one")
+    if other and not path.exists():
+        parser.error(f"no teacher {path}: --teacher-file names a file in {ARTIFACTS}")
     torch.set_num_threads(1)
     data = dw.data.load("mnist")
     data.augment = jitter
@@ -182,24 +188,11 @@ def main() -> None:
     torch.manual_seed(0)  # a fresh teacher's initial weights
     teacher = teacher_model(args.teacher_dropout, args.teacher_input_dropout)
     phases = []
-    other = args.teacher_file != TEACHER_FILE.name  # a candidate teacher: its own table
-    if other:
-        if args.retrain_teacher or args.teacher_extra_epochs:
-            parser.error("--teacher-file only loads a saved teacher; it does not train one")
-        path = ARTIFACTS / args.teacher_file
-        if not path.exists():
-            parser.error(f"no teacher {path}: --teacher-file names a file in {ARTIFACTS}")
+    if path.exists() and not args.retrain_teacher:
         load_weights(teacher, path)
         history = teacher_history(path)
         phases.append(
             f"loaded {path.name}" + (f", trained by: {', then '.join(history)}" if history else "")
-        )
-    elif TEACHER_FILE.exists() and not args.retrain_teacher:
-        load_weights(teacher, TEACHER_FILE)
-        history = teacher_history()
-        phases.append(
-            f"loaded {TEACHER_FILE.name}"
-            + (f", trained by: {', then '.join(history)}" if history else "")
         )
     else:
         phases.append(
