@@ -35,6 +35,7 @@ from _common import write_results
 from _minilm import SEQ, make_input
 
 from dwindle.nlp import load_encoder, load_stsb
+from dwindle.quantization.backends.ort import ort_cpu_session
 
 TOKENS = 32 * SEQ
 HIDDEN, FFN, LAYERS = 384, 1536, 6
@@ -84,15 +85,6 @@ def torch_int_mm(k: int, n: int) -> Callable[[], Any]:
     return lambda: torch._int_mm(a, b)
 
 
-def ort_session(model: Any, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def ort_kernel(op: str, threads: int) -> Callable[[int, int], Callable[[], Any]]:
     """A one-node onnxruntime graph per shape: MatMulInteger (uint8 x int8 -> int32) or
     com.microsoft DynamicQuantizeMatMul (float in, int8 weights, float out)."""
@@ -125,7 +117,7 @@ def ort_kernel(op: str, threads: int) -> Callable[[int, int], Callable[[], Any]]
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", 17), *domain], ir_version=9
         )
-        sess = ort_session(model, threads)
+        sess = ort_cpu_session(model.SerializeToString(), threads)
         return lambda: sess.run(None, {"x": x})
 
     return make
@@ -163,7 +155,7 @@ def ort_chain(threads: int) -> Callable[[], Any]:
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
         ir_version=9,
     )
-    sess = ort_session(model, threads)
+    sess = ort_cpu_session(model.SerializeToString(), threads)
     x = rng.standard_normal((TOKENS, HIDDEN), dtype=np.float32)
     return lambda: sess.run(None, {"x": x})
 
@@ -289,9 +281,10 @@ def main() -> None:
             "its weight GEMMs swapped for "
             f"{best}'s times (fp32 model - fp32 GEMMs + int8 GEMMs): {swapped:.0f} ms, "
             f"{eager_ms / swapped:.2f}x.",
-            "The one-node onnxruntime rows pay a copy of each GEMM's input and output between "
-            "numpy and the session on every call; the one-graph row runs the 36 GEMMs in one "
-            "session call and shows the kernel itself.",
+            "onnxruntime sessions as dwindle's OrtModule builds them (ort_cpu_session: idle "
+            "threads do not spin). The one-node rows run one session per GEMM, copying its "
+            "input and output between numpy and the session on every call; the one-graph row "
+            "runs the 36 GEMMs in one session call.",
             "fp32 eager model: the same all-MiniLM-L6-v2 and token ids (first 32 STS-B dev "
             "sentences padded to 128) as benchmarks/minilm.py.",
         ],

@@ -31,6 +31,7 @@ __all__ = [
     "OrtModule",
     "compact_onnx",
     "export_float_onnx",
+    "ort_cpu_session",
     "ort_float",
     "ort_quantize_dynamic",
     "ort_quantize_static",
@@ -93,6 +94,20 @@ def _weight_initializers(proto: Any) -> list[np.ndarray]:
     ]
 
 
+def ort_cpu_session(onnx_bytes: bytes, threads: int) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads that do not spin, all graph
+    optimisations on: how dwindle times onnxruntime models beside torch ones."""
+    ort = require("onnxruntime", "quant", "int8 inference with onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle workers must not spin: on a few shared cores a spinning pool steals the CPU from
+    # the next model timed (torch's own threads), skewing interleaved latencies.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
 class OrtModule(CountedModule):
     """An ONNX model (int8, or float from :func:`ort_float`) run by onnxruntime on CPU, behind
     an ``nn.Module`` forward.
@@ -124,17 +139,7 @@ class OrtModule(CountedModule):
     def _get_session(self) -> Any:
         threads = torch.get_num_threads()
         if self._session is None or threads != self._threads:
-            ort = require("onnxruntime", "quant", "int8 inference with onnxruntime")
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            # Idle workers must not spin: on a few shared cores a spinning pool steals the CPU
-            # from the next model timed (torch's own threads), skewing interleaved latencies.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._session = ort.InferenceSession(
-                self.onnx_bytes, opts, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort_cpu_session(self.onnx_bytes, threads)
             self._threads = threads
         return self._session
 
