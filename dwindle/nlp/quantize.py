@@ -6,6 +6,8 @@ onnxruntime's transformer optimizer (``onnxruntime.transformers.optimizer``, mod
 dynamically (activations quantized per batch at run time) or statically (QDQ with activation
 ranges calibrated on real sentences). Attention's activation × activation MatMuls stay float.
 torchao: ``quantize_(..., Int8DynamicActivationInt8WeightConfig())`` on the Linear layers.
+inductor: torchao's pt2e X86 quantizer, compiled by torch.compile with freezing (oneDNN int8
+linears and fused float ops; :mod:`dwindle.nlp.quantize_inductor`), the fastest on x86 CPUs.
 Both results keep the tokenizer, so :func:`dwindle.nlp.stsb_spearman` evaluates them as is.
 """
 
@@ -40,16 +42,18 @@ TORCHAO_FORMAT = "torchao-state-dict"
 class TextInt8(Config):
     """int8 quantization of a text encoder's linear layers (recipe stage ``quantize_text``).
 
-    ``backend``: "onnxruntime" or "torchao" (dynamic only). ``mode``: "dynamic" or "static"
-    (onnxruntime; calibrated on ``calibration_samples`` sentences). ``per_channel``: one weight
-    scale per output channel. ``fuse``: run onnxruntime's BERT graph fusions first.
+    ``backend``: "onnxruntime", "torchao" (eager ``quantize_``, dynamic only) or "inductor"
+    (torchao pt2e + torch.compile; needs a C++ compiler). ``mode``: "dynamic" or "static"
+    (onnxruntime and inductor; calibrated on ``calibration_samples`` sentences).
+    ``per_channel``: one weight scale per output channel. ``fuse``: run onnxruntime's BERT
+    graph fusions first.
     ``reduce_range``: 7-bit weights (None: on for static on x86 CPUs without VNNI, where
     uint8 × int8 kernels can saturate). ``exporter``: "torchscript" (eager attention) gives
     graphs onnxruntime's optimizer fuses into its Attention op, which the dynamo exporter's
     graphs are not yet matched to.
     """
 
-    backend: Literal["onnxruntime", "torchao"] = "onnxruntime"
+    backend: Literal["onnxruntime", "torchao", "inductor"] = "onnxruntime"
     mode: Literal["dynamic", "static"] = "dynamic"
     per_channel: bool = True
     fuse: bool = True
@@ -271,6 +275,16 @@ def quantize_text(
             "static int8 needs calibration sentences to choose activation ranges: pass "
             "calibration=[...] (e.g. 256 STS-B train sentences), or use mode='dynamic'"
         )
+    if cfg.backend == "inductor":
+        if not cfg.per_channel:
+            raise ConfigError(
+                "the inductor backend (torchao's X86 quantizer) quantizes weights per channel "
+                "only; set per_channel=True, or use backend='onnxruntime' for per-tensor weights"
+            )
+        from dwindle.nlp.quantize_inductor import inductor_int8
+
+        texts = list(calibration or [])[: cfg.calibration_samples]
+        return inductor_int8(model, dynamic=cfg.mode == "dynamic", calibration=texts).eval()
     if cfg.backend == "torchao":
         if cfg.mode == "static":
             raise ConfigError("the torchao text backend is dynamic only; use mode='dynamic'")

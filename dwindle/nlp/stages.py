@@ -2,7 +2,7 @@
 
 Stages: ``prune_heads`` (Michel et al. 2019, iterative, optional distillation recovery),
 ``drop_layers`` (depth pruning by a fixed pattern or importance, optional distillation) and
-``quantize_text`` (int8 through onnxruntime or torchao). Their data (importance pairs, the
+``quantize_text`` (int8 through onnxruntime, torchao or inductor). Their data (importance pairs, the
 transfer set, calibration sentences) is STS-B train + SST-2 train from the recipe's data root.
 """
 
@@ -139,7 +139,9 @@ def _drop_layers_stage(model: nn.Module, config: LayerDrop, context: StageContex
     return model.eval()
 
 
-@register_technique("quantize_text", TextInt8, "int8 text encoder (onnxruntime / torchao)")
+@register_technique(
+    "quantize_text", TextInt8, "int8 text encoder (onnxruntime / torchao / inductor)"
+)
 def _quantize_text_stage(model: nn.Module, config: TextInt8, context: StageContext) -> nn.Module:
     calib = None
     if config.mode == "static":
