@@ -89,3 +89,29 @@ def test_torchscript_export_lets_onnxruntime_fuse_attention(tiny):
     assert "TorchScript" in q.scheme
     assert onnx_cosine(q, tiny, SENTENCES) >= 0.99  # padded to the longest sentence
     assert onnx_cosine(q, tiny, SENTENCES[:2], pad_to=40) >= 0.99
+
+
+def _float_weight_matmuls(q: OrtTextModule) -> int:
+    import onnx
+
+    proto = onnx.load_from_string(q.onnx_bytes)
+    inits = {i.name for i in proto.graph.initializer}
+    return sum(n.op_type == "MatMul" and n.input[1] in inits for n in proto.graph.node)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_excluded_linears_stay_float_in_onnxruntime_int8(tiny, exporter):
+    ffn_out = "*.layer.0.output.dense"
+    base = quantize_text(tiny, TextInt8(exporter=exporter))
+    q = quantize_text(tiny, TextInt8(exporter=exporter, exclude=(ffn_out,)))
+    assert _float_weight_matmuls(base) == 0
+    assert _float_weight_matmuls(q) == 1
+    assert q.scheme.endswith("float: backbone.encoder.layer.0.output.dense")
+    assert onnx_cosine(q, tiny, SENTENCES) >= 0.99
+
+
+def test_exclude_errors_name_the_problem(tiny):
+    with pytest.raises(ConfigError, match="matches no module"):
+        quantize_text(tiny, TextInt8(exclude=("*.no_such_layer",)))
+    with pytest.raises(ConfigError, match="one Attention op"):
+        quantize_text(tiny, TextInt8(exporter="torchscript", exclude=("*.layer.0.*.query",)))

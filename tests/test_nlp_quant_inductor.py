@@ -58,3 +58,18 @@ def test_static_int8_is_calibrated_and_survives_a_copy(tiny):
 def test_per_tensor_weights_are_refused(tiny):
     with pytest.raises(ConfigError, match="per channel only"):
         quantize_text(tiny, TextInt8(backend="inductor", per_channel=False))
+
+
+def test_excluded_linear_keeps_a_float_matmul(tiny):
+    ids = tiny.tokenize(SENTENCES)
+    q = quantize_text(tiny, TextInt8(backend="inductor", exclude=("*.layer.1.output.dense",)))
+    model_int8 = quantize_text(tiny, TextInt8(backend="inductor"))
+
+    def qlinear_calls(model: torch.nn.Module) -> int:
+        model(ids)
+        with torch.profiler.profile() as prof:
+            model(ids)
+        return sum(e.count for e in prof.key_averages() if e.key == "onednn::qlinear_pointwise")
+
+    assert qlinear_calls(q) == qlinear_calls(model_int8) - 1
+    assert onnx_cosine(q, tiny, SENTENCES) >= 0.99

@@ -33,6 +33,7 @@ from dwindle.nlp.encoder import tokenize
 from dwindle.nlp.export import export_text_onnx
 from dwindle.nlp.heads import count_heads
 from dwindle.quantization.backends.ort import OrtModule, compact_onnx, u8s8_saturates
+from dwindle.targets import select_modules
 
 __all__ = ["OrtTextModule", "TextInt8", "TorchaoTextModule", "fuse_bert_onnx", "quantize_text"]
 
@@ -60,6 +61,7 @@ class TextInt8(Config):
     reduce_range: bool | None = None
     calibration_samples: int = Field(256, ge=1, le=100_000)
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    exclude: tuple[str, ...] = ()
 
 
 def _text_attrs(dst: nn.Module, src: nn.Module) -> None:
@@ -160,6 +162,44 @@ def _export_torchscript(model: nn.Module, path: Path) -> Path:
     return path
 
 
+def float_linears(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Names of ``model``'s Linear layers matching ``patterns`` (an error if one matches none)."""
+    if not patterns:
+        return []
+    return [name for name, _ in select_modules(model, tuple(patterns), (), (nn.Linear,))]
+
+
+def _module_scope(node: Any) -> str:
+    """The module path a TorchScript-exported node was traced in ("/a/b.0/c/MatMul" -> a.b.0.c)."""
+    return ".".join(node.name.strip("/").split("/")[:-1])
+
+
+def _nodes_of(traced: Any, fused: Any, modules: Sequence[str]) -> list[str]:
+    """Weight MatMul/Gemm nodes of ``fused`` traced inside each of ``modules``, found in the
+    exported graph ``traced`` (the fusion passes drop the scopes but keep unfused nodes' names)
+    by the dynamo exporter's recorded name scopes or the TorchScript exporter's node names."""
+    from dwindle.quantization.backends.ort import _node_names_for
+
+    kept = {n.name for n in fused.graph.node if n.op_type in ("MatMul", "Gemm")}
+    found, missing = [], []
+    for module in modules:
+        scoped = set(_node_names_for(traced, [module]))
+        nodes = [
+            n.name
+            for n in traced.graph.node
+            if n.name in kept and (n.name in scoped or _module_scope(n) == module)
+        ]
+        found += nodes
+        missing += [] if nodes else [module]
+    if missing:
+        raise ConfigError(
+            f"exclude: no MatMul of the ONNX graph comes from {missing[:3]}; with fuse=True the "
+            "query/key/value projections are one Attention op and cannot stay float alone: "
+            "set fuse=False, or exclude other layers"
+        )
+    return found
+
+
 def _float_matmuls(path: Path) -> list[str]:
     """Names of MatMul nodes with no weight initializer (attention scores and context)."""
     onnx = require("onnx", "onnx", "int8 quantization with onnxruntime")
@@ -201,6 +241,7 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
             src = export_text_onnx(model, Path(tmp) / "fp32.onnx")
         else:
             src = _export_torchscript(model, Path(tmp) / "fp32.onnx")
+        traced = onnx.load(str(src))
         if cfg.fuse:
             heads = set(count_heads(model))
             src = fuse_bert_onnx(
@@ -214,7 +255,8 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
             node.name = node.name or f"node_{i}"  # exclusion lists need names
         onnx.save(proto, str(src))
         out = Path(tmp) / "int8.onnx"
-        keep = _float_matmuls(src)
+        floats = float_linears(model, cfg.exclude)
+        keep = _float_matmuls(src) + _nodes_of(traced, proto, floats)
         granularity = "per-channel" if cfg.per_channel else "per-tensor"
         if cfg.mode == "dynamic":
             quant.quantize_dynamic(
@@ -247,6 +289,7 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
             )
         scheme += ", fused graph" if cfg.fuse else ""
         scheme += ", TorchScript export" if cfg.exporter == "torchscript" else ""
+        scheme += f", float: {', '.join(floats)}" if floats else ""
         data = compact_onnx(onnx.load(str(out))).SerializeToString()
     return OrtTextModule(data, model, scheme=scheme)
 
@@ -284,7 +327,12 @@ def quantize_text(
         from dwindle.nlp.quantize_inductor import inductor_int8
 
         texts = list(calibration or [])[: cfg.calibration_samples]
-        return inductor_int8(model, dynamic=cfg.mode == "dynamic", calibration=texts).eval()
+        return inductor_int8(
+            model,
+            dynamic=cfg.mode == "dynamic",
+            calibration=texts,
+            float_modules=float_linears(model, cfg.exclude),
+        ).eval()
     if cfg.backend == "torchao":
         if cfg.mode == "static":
             raise ConfigError("the torchao text backend is dynamic only; use mode='dynamic'")

@@ -119,12 +119,14 @@ def inductor_int8(
     *,
     dynamic: bool,
     calibration: Sequence[str] = (),
+    float_modules: Sequence[str] = (),
     batch: int = 32,
 ) -> InductorTextModule:
     """A new int8 encoder (``model`` untouched): torchao pt2e with the X86 Inductor quantizer.
 
     ``dynamic``: activation ranges per batch at run time; otherwise static ranges calibrated
-    on ``calibration`` sentences (tokenised like the model's inputs).
+    on ``calibration`` sentences (tokenised like the model's inputs). ``float_modules``:
+    names of Linear layers left in float.
     """
     require("torchao", "quant", "int8 quantization with torchao")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -153,6 +155,8 @@ def inductor_int8(
             ) from None
         quantizer = X86InductorQuantizer()
         quantizer.set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+        for name in float_modules:
+            quantizer.set_module_name_qconfig(name, None)
         prepared = prepare_pt2e(graph, quantizer)
         if dynamic:
             prepared(example)
@@ -169,5 +173,5 @@ def inductor_int8(
     scheme = (
         f"torchao pt2e x86 {'dynamic' if dynamic else 'static'} int8 (per-channel weights), "
         "torch.compile with freezing"
-    )
+    ) + (f", float: {', '.join(float_modules)}" if float_modules else "")
     return InductorTextModule(buf.getvalue(), model, scheme=scheme)
