@@ -14,6 +14,7 @@ un-jittered training set, where the cache serves the teacher's outputs after the
         [--student-epochs 30 --kd-epochs 100 --kd-lr 0.01]   # the committed table's run
         [--teacher-extra-epochs N --extra-lr 0.02] [--student-jitter]
         [--alone-lr 0.05 --kd-lr 0.02]      # defaults: distill_hinton_lr.py's validation picks
+        [--kd-alpha 0.9]                    # the soft-target weight
 
 ``--student-jitter`` trains both students on the teacher's jittered inputs and writes
 distill_hinton_jitter.{json,md} instead (not the target's protocol); a --student-epochs
@@ -154,6 +155,9 @@ def main() -> None:
     )
     parser.add_argument("--alone-lr", type=float, default=ALONE_LR, help="student alone")
     parser.add_argument("--kd-lr", type=float, default=KD_LR, help="distilled student")
+    parser.add_argument(
+        "--kd-alpha", type=float, default=KD.alpha, help="soft-target weight (Hinton: 0.9)"
+    )
     parser.add_argument("--retrain-teacher", action="store_true")
     parser.add_argument("--teacher-lr", type=float, default=0.05, help="a retrained teacher's")
     parser.add_argument("--teacher-dropout", type=float, default=0.3, help="hidden units")
@@ -227,7 +231,8 @@ def main() -> None:
     calls = [0]
     teacher.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     tick = time.perf_counter()
-    distill(distilled, teacher, data, KD, train=cfgs["student_kd_t20"])
+    kd = type(KD)(**{**KD.model_dump(), "alpha": args.kd_alpha})  # validated: 0 <= α <= 1
+    distill(distilled, teacher, data, kd, train=cfgs["student_kd_t20"])
     seconds["student_kd_t20"] = time.perf_counter() - tick
     teacher_batches = calls[0]  # before measurement runs the teacher again
 
@@ -290,7 +295,8 @@ def main() -> None:
             f"{args.alone_lr} alone and {args.kd_lr} distilled (the schedules chosen by "
             "validation errors in distill_hinton_lr*.md's sweeps)"
             + (", both on ±2 px jittered inputs" if args.student_jitter else "")
-            + "; KD: T=20, α=0.9 (soft-target weight), transfer set = the training split"
+            + f"; KD: T=20, α={args.kd_alpha:g} (soft-target weight), transfer set = the "
+            "training split"
             + (
                 " jittered anew every batch (teacher run on each)"
                 if args.student_jitter

@@ -1,14 +1,16 @@
 """The learning-rate sweep behind distill_hinton.py's students: validation and test errors.
 
     python benchmarks/distill_hinton_lr.py [--kd-lrs 0.005 0.01 0.02 0.05]
-        [--alone-lrs 0.02 0.05] [--epochs 30] [--threads 1]
+        [--alone-lrs 0.02 0.05] [--epochs 30] [--threads 1] [--alpha 0.9] [--tag _low]
 
 Hinton et al. 2015 §3's 2×800 student, trained alone on labels and distilled at T = 20,
 α = 0.9 from the saved 2×1200 teacher (run distill_hinton.py first), on the plain training
 split, for each peak lr (SGD momentum 0.9, cosine, same initial weights). distill_hinton.py's
 ALONE_LR / KD_LR are the lrs with the fewest *validation* errors here; test errors are shown
 beside them but were not used to choose. Writes benchmarks/results/distill_hinton_lr.{json,md}
-(``_e{epochs}`` added to the name for --epochs other than 30).
+(``_e{epochs}`` added to the name for --epochs other than 30, ``_a{alpha}`` for an --alpha
+(the soft-target weight) other than Hinton's 0.9, then --tag, so a further sweep gets a table of
+its own).
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ def main() -> None:
     parser.add_argument("--kd-lrs", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05])
     parser.add_argument("--alone-lrs", type=float, nargs="*", default=[0.02, 0.05])
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--alpha", type=float, default=KD.alpha, help="soft-target weight")
+    parser.add_argument("--tag", default="", help="appended to the result file's name")
     parser.add_argument(
         "--threads", type=int, default=1, help="1 reproduces distill_hinton.py exactly"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kd = type(KD)(**{**KD.model_dump(), "alpha": args.alpha})  # validated: 0 <= alpha <= 1
     if not TEACHER_FILE.exists():
         raise SystemExit(f"{TEACHER_FILE} is missing: run benchmarks/distill_hinton.py first")
     data = dw.data.load("mnist")
@@ -52,7 +57,7 @@ def main() -> None:
         if kind == "alone":
             dw.train(student, data, cfg)
         else:
-            distill(student, teacher, data, KD, train=cfg)
+            distill(student, teacher, data, kd, train=cfg)
         metrics = {
             "peak_lr": lr,
             "val_errors": errors(student, data, "val"),
@@ -72,7 +77,10 @@ def main() -> None:
             }
         )
     write_results(
-        "distill_hinton_lr" + (f"_e{args.epochs}" if args.epochs != 30 else ""),
+        "distill_hinton_lr"
+        + (f"_e{args.epochs}" if args.epochs != 30 else "")
+        + (f"_a{args.alpha:g}" if args.alpha != KD.alpha else "")
+        + args.tag,
         rows,
         {},
         columns=[
@@ -83,7 +91,8 @@ def main() -> None:
         ],
         notes=[
             f"{args.epochs} epochs, SGD momentum 0.9, cosine, same initial weights, plain "
-            "55 000-image training split; KD at T=20, α=0.9 from the 2×1200 teacher.",
+            f"55 000-image training split; KD at T=20, α={args.alpha:g} (soft-target weight) "
+            "from the 2×1200 teacher.",
             "fewest validation errors: "
             + ", ".join(f"{k} at lr {lr:g}" for k, (_, lr) in best.items())
             + (" (the lrs distill_hinton.py uses)." if args.epochs == 30 else "."),
