@@ -15,7 +15,6 @@ the converted int8 program; it is compiled again after loading.
 
 from __future__ import annotations
 
-import copy
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,45 +128,37 @@ def inductor_int8(
     names of Linear layers left in float.
     """
     require("torchao", "quant", "int8 quantization with torchao")
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
 
-    from dwindle.quantization.backends.torchao_backend import _drop_unused_attributes
+    from dwindle.quantization.backends.torchao_backend import pt2e_x86_convert
 
     max_length = int(model.max_seq_length)  # type: ignore[arg-type]
     texts = list(calibration) or ["a sentence to trace the encoder with", "another one"]
     example = tokenize(model.tokenizer, texts[:2], max_length=max_length)  # type: ignore[arg-type]
     if example.shape[1] < 2:  # export specialises size-1 dimensions
         example = torch.cat([example, example], dim=1)
-    float_model = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        try:
-            graph = torch.export.export(
-                float_model, (example,), dynamic_shapes=_dims(example, max_length), strict=False
-            ).module()
-        except Exception as exc:  # torch.export raises many unrelated types
-            raise DwindleError(
-                f"torch.export cannot trace {type(model).__name__} for int8 with inductor: "
-                f"{str(exc).splitlines()[0][:300]}; try backend='onnxruntime'"
-            ) from None
-        quantizer = X86InductorQuantizer()
-        quantizer.set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
-        for name in float_modules:
-            quantizer.set_module_name_qconfig(name, None)
-        prepared = prepare_pt2e(graph, quantizer)
-        if dynamic:
+    dims = _dims(example, max_length)
+
+    def calibrate(prepared: nn.Module) -> None:
+        if dynamic:  # ranges come at run time; one call finishes the graph
             prepared(example)
-        for i in range(0, 0 if dynamic else len(texts), batch):
-            ids = tokenize(model.tokenizer, texts[i : i + batch], max_length=max_length)  # type: ignore[arg-type]
-            prepared(ids)
-        converted = convert_pt2e(prepared)
-        _drop_unused_attributes(converted)
-        program = torch.export.export(
-            converted, (example,), dynamic_shapes=_dims(example, max_length), strict=False
-        )
+            return
+        for i in range(0, len(texts), batch):
+            prepared(tokenize(model.tokenizer, texts[i : i + batch], max_length=max_length))  # type: ignore[arg-type]
+
+    converted = pt2e_x86_convert(
+        model,
+        example,
+        dims,
+        get_default_x86_inductor_quantization_config(is_dynamic=dynamic),
+        calibrate,
+        float_modules=float_modules,
+        purpose="int8 with inductor",
+    )
+    with torch.no_grad():
+        program = torch.export.export(converted, (example,), dynamic_shapes=dims, strict=False)
     buf = io.BytesIO()
     torch.export.save(program, buf)
     scheme = (

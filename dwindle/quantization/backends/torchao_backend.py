@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,13 @@ from dwindle.errors import DwindleError
 from dwindle.export import register_format
 from dwindle.quantization.backends.counted import CountedModule
 
-__all__ = ["FORMAT", "TorchaoModule", "torchao_quantize_dynamic", "torchao_quantize_static"]
+__all__ = [
+    "FORMAT",
+    "TorchaoModule",
+    "pt2e_x86_convert",
+    "torchao_quantize_dynamic",
+    "torchao_quantize_static",
+]
 
 FORMAT = "torchao-pt2"
 
@@ -166,6 +172,44 @@ def _serialise(program: nn.Module, example: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+def pt2e_x86_convert(
+    model: nn.Module,
+    example: torch.Tensor,
+    dynamic_shapes: Any,
+    qconfig: Any,
+    calibrate: Callable[[nn.Module], None],
+    *,
+    float_modules: Sequence[str] = (),
+    purpose: str,
+) -> torch.fx.GraphModule:
+    """A copy of ``model`` through torchao pt2e with the X86 Inductor quantizer: exported,
+    annotated with ``qconfig`` (``float_modules`` left float), run by ``calibrate`` and
+    converted, without the float weights convert_pt2e leaves beside their int8 copies."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    float_model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        try:
+            graph = torch.export.export(
+                float_model, (example,), dynamic_shapes=dynamic_shapes, strict=False
+            ).module()
+        except Exception as exc:  # torch.export raises many unrelated types
+            raise DwindleError(
+                f"torch.export cannot trace {type(model).__name__} for {purpose}: "
+                f"{str(exc).splitlines()[0][:300]}; try backend='onnxruntime'"
+            ) from None
+        quantizer = X86InductorQuantizer()
+        quantizer.set_global(qconfig)
+        for name in float_modules:
+            quantizer.set_module_name_qconfig(name, None)
+        prepared = prepare_pt2e(graph, quantizer)
+        calibrate(prepared)
+        converted = convert_pt2e(prepared)
+    _drop_unused_attributes(converted)
+    return converted
+
+
 def torchao_quantize_static(
     model: nn.Module,
     calibration: torch.Tensor,
@@ -186,9 +230,7 @@ def torchao_quantize_static(
     if reduce_range is None:
         reduce_range = u8s8_saturates()
     require("torchao", "quant", "int8 quantization with torchao")
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
 
@@ -198,26 +240,20 @@ def torchao_quantize_static(
             "pass per_channel=True, or backend='onnxruntime' for per-tensor weights"
         )
     x = _traceable(calibration)
-    float_model = copy.deepcopy(model).eval()
-    try:
-        graph = torch.export.export(
-            float_model, (x,), dynamic_shapes=_dynamic_batch(x), strict=False
-        ).module()
-    except Exception as exc:  # torch.export raises many unrelated types
-        raise DwindleError(
-            f"torch.export cannot trace {type(model).__name__} for torchao quantization: "
-            f"{str(exc).splitlines()[0][:300]}; try backend='onnxruntime'"
-        ) from None
-    quantizer = X86InductorQuantizer()
-    quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
-    for name in float_modules:
-        quantizer.set_module_name_qconfig(name, None)
-    prepared = prepare_pt2e(graph, quantizer)
-    with torch.no_grad():
+
+    def calibrate(prepared: nn.Module) -> None:
         for i in range(0, len(calibration), batch):
             prepared(calibration[i : i + batch].float())
-    converted = convert_pt2e(prepared)
-    _drop_unused_attributes(converted)
+
+    converted = pt2e_x86_convert(
+        model,
+        x,
+        _dynamic_batch(x),
+        get_default_x86_inductor_quantization_config(reduce_range=reduce_range),
+        calibrate,
+        float_modules=float_modules,
+        purpose="torchao quantization",
+    )
     program = _serialise(converted, calibration)
     scheme = "static int8 pt2e x86" + (", 7-bit activations" if reduce_range else "")
     return TorchaoModule(program, calibration, scheme=scheme, flops=flops)
