@@ -26,6 +26,7 @@ from distill_hinton import KD, TEACHER_FILE, errors, student_config, student_mod
 
 import dwindle as dw
 from dwindle.distillation import distill
+from dwindle.errors import TrainingDivergedError
 from dwindle.export import load_weights
 
 
@@ -65,18 +66,22 @@ def main() -> None:
         cfg = student_config(args.epochs, lr)
         student = student_model()
         tick = time.perf_counter()
-        if kind == "alone":
-            dw.train(student, data, cfg)
+        try:
+            if kind == "alone":
+                dw.train(student, data, cfg)
+            else:
+                distill(student, teacher, data, kd, train=cfg)
+        except TrainingDivergedError as exc:  # a row saying so, and the sweep goes on
+            metrics = {"peak_lr": lr, "diverged": str(exc).split(";")[0]}
         else:
-            distill(student, teacher, data, kd, train=cfg)
-        metrics = {
-            "peak_lr": lr,
-            "val_errors": errors(student, data, "val"),
-            "test_errors": errors(student, data, "test"),
-            "train_seconds": round(time.perf_counter() - tick, 1),
-        }
+            metrics = {
+                "peak_lr": lr,
+                "val_errors": errors(student, data, "val"),
+                "test_errors": errors(student, data, "test"),
+                "train_seconds": round(time.perf_counter() - tick, 1),
+            }
+            vals.setdefault(kind, {})[lr] = metrics["val_errors"]
         print(f"   {kind} lr {lr}: {metrics}", flush=True)
-        vals.setdefault(kind, {})[lr] = metrics["val_errors"]
         rows.append(
             {
                 "variant": f"student_{kind}_lr{lr:g}",
@@ -98,6 +103,7 @@ def main() -> None:
             ("val errors (of 5 000)", "metrics.val_errors"),
             ("test errors (of 10 000)", "metrics.test_errors"),
             ("train s", "metrics.train_seconds"),
+            ("diverged", "metrics.diverged"),
         ],
         notes=[
             f"{args.epochs} epochs, SGD momentum 0.9, cosine, same initial weights, plain "
