@@ -115,3 +115,12 @@ def test_exclude_errors_name_the_problem(tiny):
         quantize_text(tiny, TextInt8(exclude=("*.no_such_layer",)))
     with pytest.raises(ConfigError, match="one Attention op"):
         quantize_text(tiny, TextInt8(exporter="torchscript", exclude=("*.layer.0.*.query",)))
+
+
+def test_torchao_backend_keeps_excluded_linears_float(tiny):
+    q = quantize_text(tiny, TextInt8(backend="torchao", exclude=("*.layer.0.output.dense",)))
+    assert q.scheme.endswith("float: backbone.encoder.layer.0.output.dense")
+    kept = q.inner.get_submodule("backbone.encoder.layer.0.output.dense").weight
+    assert type(kept) is torch.nn.Parameter  # float; the others hold torchao int8 tensors
+    other = q.inner.get_submodule("backbone.encoder.layer.1.output.dense").weight
+    assert type(other) is not torch.nn.Parameter or type(other.data) is not torch.Tensor

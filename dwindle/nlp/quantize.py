@@ -294,13 +294,19 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
     return OrtTextModule(data, model, scheme=scheme)
 
 
-def _torchao(model: nn.Module) -> TorchaoTextModule:
+def _torchao(model: nn.Module, floats: Sequence[str] = ()) -> TorchaoTextModule:
     require("torchao", "quant", "int8 quantization with torchao")
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
     inner = copy.deepcopy(model).eval()
-    quantize_(inner, Int8DynamicActivationInt8WeightConfig())
-    return TorchaoTextModule(inner, model, scheme="torchao int8 dynamic (Linear)")
+    skip = set(floats)
+
+    def is_target(module: nn.Module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear) and fqn not in skip
+
+    quantize_(inner, Int8DynamicActivationInt8WeightConfig(), filter_fn=is_target)
+    scheme = "torchao int8 dynamic (Linear)" + (f", float: {', '.join(floats)}" if floats else "")
+    return TorchaoTextModule(inner, model, scheme=scheme)
 
 
 def quantize_text(
@@ -336,5 +342,5 @@ def quantize_text(
     if cfg.backend == "torchao":
         if cfg.mode == "static":
             raise ConfigError("the torchao text backend is dynamic only; use mode='dynamic'")
-        return _torchao(model)
+        return _torchao(model, float_linears(model, cfg.exclude))
     return _ort(model, cfg, calibration).eval()
