@@ -152,4 +152,8 @@ def training_budget(args: argparse.Namespace, cpu_epochs: int, gpu_epochs: int) 
 
 
 def result_name(name: str, args: argparse.Namespace) -> str:
-    return f"{name}_smoke" if args.smoke else name
+    """``name``, ``name_cuda`` for the GPU budget (beside the CPU budget's file), or
+    ``name_smoke``."""
+    if args.smoke:
+        return f"{name}_smoke"
+    return f"{name}_cuda" if str(args.device).startswith("cuda") else name
