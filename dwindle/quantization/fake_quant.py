@@ -160,6 +160,18 @@ class FakeQuantize(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0.0))
         self.register_buffer("initialised", torch.tensor(False))
+        self._seen_initialised = False  # host-side copy: no device sync on every forward
+
+    def is_initialised(self) -> bool:
+        """Whether a range was observed (the buffer read once, then remembered on the host, so a
+        forward on CUDA does not wait for the device)."""
+        if not self._seen_initialised:
+            self._seen_initialised = bool(self.initialised)
+        return self._seen_initialised
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._seen_initialised = False  # the loaded buffer decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def qparams(self) -> QParams:
         qmin, qmax = qrange(self.bits, self.symmetric)
@@ -173,12 +185,13 @@ class FakeQuantize(nn.Module):
         self.scale = qp.scale.to(x.device)
         self.zero_point = qp.zero_point.to(x.device)
         self.initialised = torch.tensor(True, device=x.device)
+        self._seen_initialised = True
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
         # Ranges follow the data while training; in eval they are fixed once observed.
-        if (self.observing and self.training) or not bool(self.initialised):
+        if (self.observing and self.training) or not self.is_initialised():
             self.calibrate(x)
         return fake_quant(x, self.qparams(), self.rounding)
 

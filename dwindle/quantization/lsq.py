@@ -62,13 +62,14 @@ class LSQActivation(FakeQuantize):
             self.scale.copy_(qp.scale.to(self.scale.device))
         self.zero_point = qp.zero_point.to(x.device)
         self.initialised = torch.tensor(True, device=x.device)
+        self._seen_initialised = True
         if hasattr(self.observer, "sample"):  # the step learns from here on: drop the sample
             self.observer.sample = torch.empty(0, device=x.device)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
-        if not bool(self.initialised):
+        if not self.is_initialised():
             self.calibrate(x)
         qmin, qmax = qrange(self.bits, self.symmetric)
         g = 1.0 / math.sqrt(x[0].numel() * qmax)

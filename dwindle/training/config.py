@@ -25,7 +25,9 @@ class TrainConfig(Config):
     to 0 after the warm-up, ``onecycle`` warms up over 30 % of the steps from lr/25 then anneals
     to lr/25e4. ``warmup_epochs`` ramps the lr linearly from ~0 first (not with ``onecycle``).
     ``restore_best``: ``None`` restores the best epoch's weights only with early stopping,
-    ``True`` always (needs a validation split), ``False`` never.
+    ``True`` always (needs a validation split), ``False`` never. ``compile`` runs the training
+    forward through ``torch.compile``: the first steps pay the compilation, then models made of
+    many small ops (QAT fake-quant, folded BN) run several times faster on CUDA.
     """
 
     epochs: int = Field(10, ge=0)
@@ -50,6 +52,7 @@ class TrainConfig(Config):
     augment: bool = False
     progress: bool = True
     eval_batch_size: int = Field(512, ge=1)
+    compile: bool = False
 
     @field_validator("milestones")
     @classmethod

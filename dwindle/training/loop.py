@@ -121,6 +121,8 @@ class _Run:
         self.device = resolve_device(cfg.device)
         self.steps_per_epoch = math.ceil(data.size("train") / cfg.batch_size)
         model.to(self.device)
+        # the same parameters, traced and fused (the first step compiles)
+        self.forward: Any = torch.compile(model) if cfg.compile else model
         self.dtype = input_dtype(model)
         optimizer = build_optimizer(model, cfg) if cfg.epochs else None
         scheduler = (
@@ -151,7 +153,7 @@ class _Run:
             if st.step == 0:
                 outputs, logits = checked_forward(model, x, self.data)
             else:
-                outputs = model(x)
+                outputs = self.forward(x)
                 logits = logits_of(outputs)
             loss = self.loss_fn(model, x, y, outputs)
             value = _loss_value(loss)
