@@ -110,9 +110,14 @@ def test_excluded_linears_stay_float_in_onnxruntime_int8(tiny, exporter):
     assert onnx_cosine(q, tiny, SENTENCES) >= 0.99
 
 
-def test_exclude_errors_name_the_problem(tiny):
-    with pytest.raises(ConfigError, match="matches no module"):
-        quantize_text(tiny, TextInt8(exclude=("*.no_such_layer",)))
+def test_exclude_errors_name_the_problem(tiny, monkeypatch):
+    def no_export(*args, **kwargs):
+        raise AssertionError("a pattern matching nothing must fail before the ONNX export")
+
+    with monkeypatch.context() as m:
+        m.setattr("dwindle.nlp.quantize.export_text_onnx", no_export)
+        with pytest.raises(ConfigError, match="matches no module"):
+            quantize_text(tiny, TextInt8(exclude=("*.no_such_layer",)))
     with pytest.raises(ConfigError, match="one Attention op"):
         quantize_text(tiny, TextInt8(exporter="torchscript", exclude=("*.layer.0.*.query",)))
 

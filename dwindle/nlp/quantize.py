@@ -178,19 +178,18 @@ def _nodes_of(traced: Any, fused: Any, modules: Sequence[str]) -> list[str]:
     """Weight MatMul/Gemm nodes of ``fused`` traced inside each of ``modules``, found in the
     exported graph ``traced`` (the fusion passes drop the scopes but keep unfused nodes' names)
     by the dynamo exporter's recorded name scopes or the TorchScript exporter's node names."""
-    from dwindle.quantization.backends.ort import _node_names_for
+    from dwindle.quantization.backends.ort import node_scopes
 
     kept = {n.name for n in fused.graph.node if n.op_type in ("MatMul", "Gemm")}
-    found, missing = [], []
-    for module in modules:
-        scoped = set(_node_names_for(traced, [module]))
-        nodes = [
-            n.name
-            for n in traced.graph.node
-            if n.name in kept and (n.name in scoped or _module_scope(n) == module)
-        ]
-        found += nodes
-        missing += [] if nodes else [module]
+    by_module: dict[str, list[str]] = {m: [] for m in modules}
+    for node in traced.graph.node:  # one pass over the graph for every module
+        if node.name not in kept:
+            continue
+        for scope in node_scopes(node) | {_module_scope(node)}:
+            if scope in by_module:
+                by_module[scope].append(node.name)
+    found = [name for m in modules for name in dict.fromkeys(by_module[m])]
+    missing = [m for m in modules if not by_module[m]]
     if missing:
         raise ConfigError(
             f"exclude: no MatMul of the ONNX graph comes from {missing[:3]}; with fuse=True the "
@@ -236,6 +235,7 @@ def _calibration(model: nn.Module, sentences: Sequence[str], input_name: str = "
 def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> OrtTextModule:
     quant = require("onnxruntime.quantization", "onnx", "int8 quantization with onnxruntime")
     onnx = require("onnx", "onnx", "int8 quantization with onnxruntime")
+    floats = float_linears(model, cfg.exclude)  # a pattern matching nothing fails before export
     with tempfile.TemporaryDirectory(prefix="dwindle-text-int8-") as tmp:
         if cfg.exporter == "dynamo":
             src = export_text_onnx(model, Path(tmp) / "fp32.onnx")
@@ -255,7 +255,6 @@ def _ort(model: nn.Module, cfg: TextInt8, calibration: Sequence[str] | None) -> 
             node.name = node.name or f"node_{i}"  # exclusion lists need names
         onnx.save(proto, str(src))
         out = Path(tmp) / "int8.onnx"
-        floats = float_linears(model, cfg.exclude)
         keep = _float_matmuls(src) + _nodes_of(traced, proto, floats)
         granularity = "per-channel" if cfg.per_channel else "per-tensor"
         if cfg.mode == "dynamic":

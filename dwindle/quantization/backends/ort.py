@@ -31,6 +31,7 @@ __all__ = [
     "OrtModule",
     "compact_onnx",
     "export_float_onnx",
+    "node_scopes",
     "ort_cpu_session",
     "ort_float",
     "ort_quantize_dynamic",
@@ -190,17 +191,18 @@ def ort_float(model: nn.Module, example_input: torch.Tensor) -> OrtModule:
     return out
 
 
+def node_scopes(node: Any) -> set[str]:
+    """The module paths the dynamo exporter recorded for ``node`` (empty for TorchScript)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            return {s.strip(" '\"") for s in prop.value.strip("[]").split(",")}
+    return set()
+
+
 def _node_names_for(proto: Any, modules: Iterable[str]) -> list[str]:
     """ONNX nodes the exporter traced inside any of ``modules`` (by its recorded name scopes)."""
     wanted = set(modules)
-    found = []
-    for node in proto.graph.node:
-        for prop in node.metadata_props:
-            if prop.key == "pkg.torch.onnx.name_scopes":
-                scopes = {s.strip(" '\"") for s in prop.value.strip("[]").split(",")}
-                if scopes & wanted:
-                    found.append(node.name)
-    return found
+    return [node.name for node in proto.graph.node if node_scopes(node) & wanted]
 
 
 def _calibration_reader(calibration: torch.Tensor, input_name: str, batch: int = 32) -> Any:
