@@ -96,7 +96,9 @@ def measure(
     data: Annotated[str, typer.Option(help="Dataset name (see dwindle.data).")] = "mnist",
     root: Annotated[Path | None, typer.Option(help="Dataset directory.")] = None,
     arg: Annotated[list[str] | None, typer.Option(help="Model kwarg key=value (repeat).")] = None,
-    energy: Annotated[str, typer.Option(help="auto, rapl, codecarbon, estimate or off.")] = "auto",
+    energy: Annotated[
+        str, typer.Option(help="auto, nvml (GPU), rapl, codecarbon, estimate or off.")
+    ] = "auto",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write metrics JSON here.")
     ] = None,

@@ -1,7 +1,8 @@
 """Energy per inference sample, always returned with the source it came from.
 
-Order for ``source="auto"``: the RAPL hardware counters (a meter), then codecarbon (on a
-machine without RAPL, an estimate from CPU load and the CPU's TDP), then FLOPs × a constant.
+Order for ``source="auto"``: for a model on a CUDA GPU, that GPU's NVML energy counter (a meter,
+extra ``gpu``); then the RAPL hardware counters (a meter), then codecarbon (on a machine without
+RAPL, an estimate from CPU load and the CPU's TDP), then FLOPs × a constant.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dwindle.metrics._model import eval_mode, prepare_input
 
 __all__ = ["J_PER_FLOP", "RAPL_ROOT", "EnergySource", "measure_energy", "rapl_readable"]
 
-EnergySource = Literal["auto", "rapl", "codecarbon", "estimate", "off"]
+EnergySource = Literal["auto", "nvml", "rapl", "codecarbon", "estimate", "off"]
 
 # Order-of-magnitude CPU efficiency used only for the labelled estimate: a server CPU at full
 # fp32 vector throughput does ~1e10 FLOP per joule (e.g. ~2 TFLOP/s at ~200 W package power).
@@ -155,13 +156,15 @@ def measure_energy(
 ) -> tuple[float | None, str]:
     """``(joules per sample, source)`` of running ``model`` on batches of ``batch_size``.
 
-    ``source``: "rapl" (hardware counters), "codecarbon" (extra ``energy``), "estimate"
-    (``flops`` or counted FLOPs × :data:`J_PER_FLOP`), "auto" (the first available in that
-    order) or "off" (returns ``(None, "off")``). The number never comes without its source.
+    ``source``: "nvml" (a CUDA model's GPU energy counter, extra ``gpu``), "rapl" (CPU
+    hardware counters), "codecarbon" (extra ``energy``), "estimate" (``flops`` or counted FLOPs ×
+    :data:`J_PER_FLOP`), "auto" (the first available in that order) or "off" (returns
+    ``(None, "off")``). The number never comes without its source.
     """
-    if source not in ("auto", "rapl", "codecarbon", "estimate", "off"):
+    if source not in ("auto", "nvml", "rapl", "codecarbon", "estimate", "off"):
         raise ConfigError(
-            f"unknown energy source {source!r}; choose auto, rapl, codecarbon, estimate or off"
+            f"unknown energy source {source!r}; choose auto, nvml, rapl, codecarbon, estimate "
+            "or off"
         )
     if source == "off":
         return None, "off"
@@ -170,6 +173,31 @@ def measure_energy(
             f"energy needs batch_size >= 1 and seconds > 0 (got {batch_size}, {seconds})"
         )
     x = prepare_input(model, make_input(batch_size))
+    if source == "nvml" and x.device.type != "cuda":
+        raise ConfigError(
+            f"energy source 'nvml' reads a GPU's energy counter, but the model is on "
+            f"{x.device.type}; move it to the GPU first (model.to('cuda')) or use source='auto'"
+        )
+    if source == "nvml":
+        from dwindle.metrics.energy_nvml import nvml_energy
+
+        return nvml_energy(model, x, seconds)
+    if source == "auto" and x.device.type == "cuda" and available("pynvml"):
+        from dwindle.metrics.energy_nvml import nvml_energy
+
+        try:
+            return nvml_energy(model, x, seconds)
+        except Exception as exc:  # e.g. a GPU without the counter (pre-Volta): say so, go on
+            failed = f"; NVML failed: {type(exc).__name__}: {exc}"[:200]
+            joules, label = measure_energy(
+                model,
+                make_input,
+                batch_size=batch_size,
+                seconds=seconds,
+                source="estimate",
+                flops=flops,
+            )
+            return joules, label + failed
     if source == "rapl" or (source == "auto" and rapl_readable()):
         if not rapl_readable():
             raise DwindleError(

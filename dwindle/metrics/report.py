@@ -48,7 +48,7 @@ class MeasureConfig(Config):
     warmup: int = Field(5, ge=0)
     runs: int = Field(30, ge=1)
     threads: int | None = Field(None, ge=1)
-    energy: Literal["auto", "rapl", "codecarbon", "estimate", "off"] = "auto"
+    energy: Literal["auto", "nvml", "rapl", "codecarbon", "estimate", "off"] = "auto"
     energy_seconds: float = Field(2.0, gt=0)
     accuracy: bool = True
     split: str = "test"
