@@ -142,3 +142,25 @@ def test_codecarbon_energy_is_labelled_with_its_mode(monkeypatch: pytest.MonkeyP
 
 
 # --- accuracy --------------------------------------------------------------------------------
+
+
+def test_cuda_peak_counts_only_what_the_forward_adds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The allocator's peak minus what was allocated before the call (other models resident on
+    the GPU do not count); checked with a fake allocator that the forward drives."""
+    state = {"allocated": 10_000, "peak": 99_999, "forward_after_reset": False}  # stale peak
+
+    class Allocating(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            state["forward_after_reset"] = state["peak"] == state["allocated"]
+            state["peak"] = state["allocated"] + 4_096  # a transient activation buffer
+            return x
+
+    def reset(device: object = None) -> None:
+        state["peak"] = state["allocated"]
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    assert memory_module._cuda_peak(Allocating(), torch.zeros(2)) == 4_096
+    assert state["forward_after_reset"]

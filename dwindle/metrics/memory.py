@@ -18,6 +18,7 @@ __all__ = ["peak_memory", "state_bytes"]
 PROFILER_SOURCE = "torch profiler: weights + input + peak activations"
 RSS_SOURCE = "RSS delta (/proc/self/statm) around one call + weights; misses transient peaks"
 WEIGHTS_SOURCE = "weights and buffers only (no profiler, no /proc): activations not counted"
+CUDA_SOURCE = "CUDA allocator: weights + input + peak allocated during one forward"
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -73,6 +74,17 @@ def _profiled_peak(model: nn.Module, x: torch.Tensor) -> int:
     return peak
 
 
+def _cuda_peak(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes the CUDA caching allocator held at the peak of one forward beyond what was
+    allocated before it (other models and tensors on the GPU do not count)."""
+    torch.cuda.synchronize(x.device)
+    before = torch.cuda.memory_allocated(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    model(x)
+    torch.cuda.synchronize(x.device)
+    return max(0, torch.cuda.max_memory_allocated(x.device) - before)
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -97,6 +109,8 @@ def peak_memory(model: nn.Module, example_input: torch.Tensor) -> tuple[int | No
     weights = state_bytes(model)
     with eval_mode(model, keep_buffers=True), torch.inference_mode():
         model(x)  # first-call allocations (lazy init, caches) are not the model's steady peak
+        if x.device.type == "cuda":
+            return weights + x.numel() * x.element_size() + _cuda_peak(model, x), CUDA_SOURCE
         try:
             peak = _profiled_peak(model, x)
         except (RuntimeError, AttributeError):  # profiler busy/missing or its event API changed
