@@ -138,6 +138,29 @@ def load_cifar(args: argparse.Namespace, limit: int | None) -> Any:
     return data
 
 
+def load_cifar_test(smoke: int | None = None) -> Any:
+    """Only the official CIFAR-10 test batch (what an inference benchmark needs, 30 MB instead
+    of 180), normalised as the checkpoints expect; its train and val splits are placeholders
+    (one test image each) that nothing trains on."""
+    import numpy as np
+
+    from dwindle.data.cifar import CIFAR_MEAN_STD, read_cifar_batch
+    from dwindle.data.paths import default_roots
+    from dwindle.data.registry import make_bundle
+
+    names = ("test_batch.bin", "test_batch.bin.gz")
+    found = [d / n for d in default_roots("cifar10") for n in names if (d / n).is_file()]
+    if not found:
+        where = ", ".join(str(d) for d in default_roots("cifar10"))
+        raise SystemExit(f"error: no CIFAR-10 test_batch.bin[.gz] in {where} (set $DWINDLE_DATA)")
+    x, y = read_cifar_batch(found[0])
+    if smoke:
+        x, y = x[:smoke], y[:smoke]
+    mean, std = (np.asarray(v, np.float32)[None, :, None, None] for v in CIFAR_MEAN_STD)
+    x = (x.astype(np.float32) / np.float32(255.0) - mean) / std
+    return make_bundle("cifar10", (x[:1], y[:1]), (x[:1], y[:1]), (x, y), 10)
+
+
 def training_budget(args: argparse.Namespace, cpu_epochs: int, gpu_epochs: int) -> Any:
     """Check ``--device``, fill the CPU or GPU budget (epochs; a 20 000-image subset on CPU),
     set threads and seed, and load CIFAR-10 for it."""
