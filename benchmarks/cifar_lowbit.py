@@ -17,9 +17,13 @@ fine-tuned weights are cached in benchmarks/artifacts/ and its row written as so
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -219,12 +223,27 @@ def _measured(
     )
     return {
         "variant": f"resnet20_{name}",
+        # rows of several runs share a file: each keeps the command that made it
+        "command": " ".join(["python benchmarks/cifar_lowbit.py", *sys.argv[1:]]),
         "model": "resnet20",
         "dataset": "cifar10",
         "split": "test",
         "metrics": metrics,
         "paper": PAPERS[variant],
     }
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Hold an exclusive lock on result ``name`` while its rows are merged and written, so runs
+    of different variants at the same time (one GPU has room for several) lose no row."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTIFACTS / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _previous_rows(name: str) -> list[dict[str, Any]]:
@@ -328,38 +347,52 @@ def main() -> None:
                 flush=True,
             )
         # rows of other variants as the file holds them now (another run may have written it)
-        kept = {
-            r["variant"]: r
-            for r in _previous_rows(result_name(NAME, args))
-            if r["variant"] != "resnet20_fp32"
-        }
-        kept.update(mine)
-        write_results(
-            result_name(NAME, args),
-            rows + list(kept.values()),
-            {"cifar_w4a4_resnet20": {"baseline": "resnet20_fp32", "candidate": "resnet20_w4a4"}}
-            if "resnet20_w4a4" in kept
-            else {},
-            columns=COLUMNS,
-            notes=[
-                "Published ResNet-20 (Idelbayev), accuracy on the 10,000 CIFAR-10 test images.",
-                "QAT from the checkpoint: BN folded, per-channel weights; LSQ learned step sizes "
-                "(started at the MSE-optimal range) for weights and activations; activations "
-                "quantized after every ReLU (an add feeding a ReLU is fused with it, so quantized "
-                "once, after the ReLU) and the average pool; the input image "
-                "and the classifier's input 8-bit; first conv and classifier kept float "
-                "(PACT/LSQ keep them at 8 bits).",
-                "Accuracy of the fake-quant model in eval mode; 'packed agrees' is the share of "
-                f"the first {args.agreement} test images on which the converted packed-integer "
-                "model predicts the same class; bytes: that packed artifact on disk.",
-                f"No held-out data selects among QAT runs: the {data.size('val')}-image val "
-                "split is part of the training set the published checkpoint was trained on "
-                f"(its fp32 accuracy there: {100 * base_val:.2f} %), so it cannot, and no "
-                "choice is made on test either: each cycle's row is reported as it came.",
-                f"Ran on {args.device}; rows of earlier runs of other variants are kept "
-                f"(see each row's fine-tune column); this run {time.perf_counter() - start:.0f} s.",
-            ],
-        )
+        with _locked(result_name(NAME, args)):
+            _write(rows, mine, data, args, base_val, start)
+
+
+def _write(
+    rows: list[dict[str, Any]],
+    mine: dict[str, dict[str, Any]],
+    data: Any,
+    args: argparse.Namespace,
+    base_val: float,
+    start: float,
+) -> None:
+    """Merge this run's rows into the result file's and write it (under :func:`_locked`)."""
+    kept = {
+        r["variant"]: r
+        for r in _previous_rows(result_name(NAME, args))
+        if r["variant"] != "resnet20_fp32"
+    }
+    kept.update(mine)
+    write_results(
+        result_name(NAME, args),
+        rows + list(kept.values()),
+        {"cifar_w4a4_resnet20": {"baseline": "resnet20_fp32", "candidate": "resnet20_w4a4"}}
+        if "resnet20_w4a4" in kept
+        else {},
+        columns=COLUMNS,
+        notes=[
+            "Published ResNet-20 (Idelbayev), accuracy on the 10,000 CIFAR-10 test images.",
+            "QAT from the checkpoint: BN folded, per-channel weights; LSQ learned step sizes "
+            "(started at the MSE-optimal range) for weights and activations; activations "
+            "quantized after every ReLU (an add feeding a ReLU is fused with it, so quantized "
+            "once, after the ReLU) and the average pool; the input image "
+            "and the classifier's input 8-bit; first conv and classifier kept float "
+            "(PACT/LSQ keep them at 8 bits).",
+            "Accuracy of the fake-quant model in eval mode; 'packed agrees' is the share of "
+            f"the first {args.agreement} test images on which the converted packed-integer "
+            "model predicts the same class; bytes: that packed artifact on disk.",
+            f"No held-out data selects among QAT runs: the {data.size('val')}-image val "
+            "split is part of the training set the published checkpoint was trained on "
+            f"(its fp32 accuracy there: {100 * base_val:.2f} %), so it cannot, and no "
+            "choice is made on test either: each cycle's row is reported as it came.",
+            f"Ran on {args.device}; rows of earlier runs of other variants are kept "
+            "(see each row's fine-tune column, and its command in the json); this run "
+            f"{time.perf_counter() - start:.0f} s.",
+        ],
+    )
 
 
 if __name__ == "__main__":
