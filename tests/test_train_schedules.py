@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from train_helpers import FAST, make_bundle, make_model, states_equal
 
 from dwindle.data.bundle import DataBundle
-from dwindle.errors import TrainingDivergedError
+from dwindle.errors import ConfigError, TrainingDivergedError
 from dwindle.training import Callback, LRMultiplier, TrainConfig, TrainState, train
 
 
@@ -120,3 +120,20 @@ def test_compiled_forward_trains_like_eager(data: DataBundle) -> None:
     assert moved > 1e-3  # training changed the weights, so the comparison below means something
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_failure_names_the_fix_and_restores_weights(
+    data: DataBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_compile(model: torch.nn.Module) -> object:
+        def call(x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("backend exploded")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"backend exploded.*compile=False"):
+        train(model, data, TrainConfig(epochs=1, compile=True, **FAST))
+    assert states_equal(model.state_dict(), before)

@@ -152,6 +152,8 @@ class _Run:
         for b, (x, y) in enumerate(batches, start=1):
             if st.step == 0:
                 outputs, logits = checked_forward(model, x, self.data)
+            elif cfg.compile and st.step == 1:
+                outputs = self.first_compiled(x)
             else:
                 outputs = self.forward(x)
                 logits = logits_of(outputs)
@@ -178,6 +180,21 @@ class _Run:
             if st.stop_training:
                 break
         return loss_sum / max(1, seen), correct / max(1, seen), lr
+
+    def first_compiled(self, x: torch.Tensor) -> Any:
+        """The first call of the compiled forward, where torch.compile traces and compiles; a
+        failure there restores the weights from before training and says how to go on."""
+        try:
+            return self.forward(x)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # dynamo/inductor raise many types; all mean the same here
+            self.model.load_state_dict(self.last_good, strict=False)
+            raise ConfigError(
+                f"torch.compile could not compile the forward of {type(self.model).__name__} "
+                f"({type(exc).__name__}: {str(exc).strip()[:300]}); train it with "
+                "compile=False. The model was reset to its weights from before training."
+            ) from exc
 
     def diverge(self, what: str) -> None:
         """Restore the last good weights, save them if asked, and raise."""
