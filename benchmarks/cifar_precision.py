@@ -1,16 +1,20 @@
-"""Half precision on a GPU: the published CIFAR-10 ResNets in fp32, fp16 and bf16, one run.
+"""Half precision: the published CIFAR-10 ResNets in fp32, fp16 and bf16, measured in one run.
 
-    python benchmarks/cifar_gpu.py --device cuda              # writes cifar_gpu_cuda.{json,md}
-    python benchmarks/cifar_gpu.py --device cpu --smoke 200   # a quick check anywhere
+    python benchmarks/cifar_precision.py --device cuda   # writes cifar_precision_cuda.{json,md}
+    python benchmarks/cifar_precision.py                 # CPU: bf16 and autocast (no fp16)
+    python benchmarks/cifar_precision.py --smoke 200     # a quick check anywhere
 
 Needs only the CIFAR-10 test batch and the two checkpoints (no training). Rows per model: fp32;
 dwindle's ``Precision`` cast of the whole model to fp16 and to bf16 (outputs returned in fp32);
 and the peer, PyTorch's own automatic mixed precision (``torch.autocast`` around the fp32
 model, fp16 on CUDA, bf16 on CPU), which keeps fp32 weights. Each row: accuracy on the 10 000
-test images, bytes on disk, latency p50 at batch 1/32/256 (interleaved in one process) with
+test images, bytes on disk, latency p50 at batch 1/32 (and 256 on a GPU; interleaved) with
 speed-ups vs fp32, energy per image (NVML's board counter on a GPU; labelled), peak memory.
-No target reads it. Paper: Micikevicius et al. 2018 (Mixed Precision Training) report fp16
-networks matching fp32 accuracy with half the bytes per weight.
+On a CPU fp16 is left out by default: without fp16 kernels it ran 40 times slower than fp32 here
+(ResNet-20, batch 32, a 200-image smoke run), so its accuracy pass alone would take about half
+an hour; ``--precisions fp16 bf16 autocast`` asks for it anyway. No target reads it. Paper:
+Micikevicius et al. 2018 (Mixed Precision Training) report fp16 networks matching fp32 accuracy
+with half the bytes per weight.
 """
 
 from __future__ import annotations
@@ -69,23 +73,29 @@ class Autocast(nn.Module):
             return self.model(x).float()
 
 
-def variants(name: str, device: torch.device) -> dict[str, nn.Module]:
+def variants(name: str, device: torch.device, precisions: list[str]) -> dict[str, nn.Module]:
     base = published(name).to(device)
-    peer_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return {
-        "fp32": base,
-        "fp16": cast_(copy.deepcopy(base), Precision(dtype="fp16")),
-        "bf16": cast_(copy.deepcopy(base), Precision(dtype="bf16")),
-        f"autocast_{str(peer_dtype).removeprefix('torch.')}": Autocast(
-            base, device.type, peer_dtype
-        ),
-    }
+    models: dict[str, nn.Module] = {"fp32": base}
+    for p in ("fp16", "bf16"):
+        if p in precisions:
+            models[p] = cast_(copy.deepcopy(base), Precision(dtype=p))  # type: ignore[arg-type]
+    if "autocast" in precisions:
+        peer = torch.float16 if device.type == "cuda" else torch.bfloat16
+        name = f"autocast_{str(peer).removeprefix('torch.')}"
+        models[name] = Autocast(base, device.type, peer)
+    return models
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=["resnet20", "resnet56"])
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument(
+        "--precisions",
+        nargs="*",
+        choices=["fp16", "bf16", "autocast"],
+        help="rows beside fp32 (cuda: all three; cpu: bf16 and autocast)",
+    )
     add_device_args(parser)
     args = parser.parse_args()
     device = check_device(args.device)
@@ -93,6 +103,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     data = load_cifar_test(args.smoke)
     gpu = device.type == "cuda"
+    if args.precisions is None:
+        args.precisions = ["fp16", "bf16", "autocast"] if gpu else ["bf16", "autocast"]
     cfg = MeasureConfig(
         batch_sizes=(1, 32, 256) if gpu else (1, 32),
         runs=args.runs,
@@ -106,7 +118,7 @@ def main() -> None:
     start = time.perf_counter()
     for name in args.only:
         print(f"== {name}", flush=True)
-        models = variants(name, device)
+        models = variants(name, device, args.precisions)
         report = compare(models, data, baseline="fp32", config=cfg)
         notes += report.notes
         base_acc = report.metrics("fp32")["accuracy"]
@@ -129,7 +141,7 @@ def main() -> None:
                 flush=True,
             )
     write_results(
-        result_name("cifar_gpu", args),
+        result_name("cifar_precision", args),
         rows,
         {},
         columns=COLUMNS,
