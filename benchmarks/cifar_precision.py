@@ -148,7 +148,7 @@ def main() -> None:
         notes=[
             "Published checkpoints (Idelbayev), accuracy on the CIFAR-10 test images"
             + (f" (smoke: the first {args.smoke})" if args.smoke else "")
-            + "; no training, so the GPU run is the whole benchmark.",
+            + "; no training, so a run on any device is the whole benchmark.",
             "fp16/bf16: dwindle's Precision cast of every layer (batch norm included), inputs cast "
             "in and logits back to fp32 by the model's hooks; autocast_*: torch.autocast around "
             "the unchanged fp32 model (its bytes are the fp32 file's).",
