@@ -85,7 +85,10 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"--arg expects key=value, got {pair!r}")
-        args[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str) and "," in parsed:  # 1,8,8 as typed in a shell: a list
+            parsed = [yaml.safe_load(part) for part in parsed.split(",")]
+        args[key] = parsed
     return args
 
 
@@ -95,7 +98,10 @@ def measure(
     weights: Annotated[Path | None, typer.Option(help="safetensors or torch checkpoint.")] = None,
     data: Annotated[str, typer.Option(help="Dataset name (see dwindle.data).")] = "mnist",
     root: Annotated[Path | None, typer.Option(help="Dataset directory.")] = None,
-    arg: Annotated[list[str] | None, typer.Option(help="Model kwarg key=value (repeat).")] = None,
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Model kwarg key=value (repeat); a,b,c is a list."),
+    ] = None,
     energy: Annotated[
         str, typer.Option(help="auto, nvml (GPU), rapl, codecarbon, estimate or off.")
     ] = "auto",

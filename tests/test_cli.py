@@ -75,6 +75,17 @@ def test_measure_bad_arg_syntax() -> None:
     assert "key=value" in result.output
 
 
+def test_measure_arg_lists_as_typed_in_a_shell(tmp_path: Path) -> None:
+    js = tmp_path / "m.json"
+    for shape in ("1,8,8", "[1, 8, 8]"):
+        argv = ["measure", "lenet300", "--data", "digits", "--arg", f"input_shape={shape}"]
+        result = runner.invoke(app, [*argv, "--energy", "off", "--json", str(js)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(js.read_text())["rows"][0]["metrics"]["params"] == (
+            64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+        )
+
+
 def test_report_on_non_run_dir(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "metrics.json" in result.output

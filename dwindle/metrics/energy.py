@@ -176,7 +176,8 @@ def measure_energy(
     if source == "nvml" and x.device.type != "cuda":
         raise ConfigError(
             f"energy source 'nvml' reads a GPU's energy counter, but the model is on "
-            f"{x.device.type}; move it to the GPU first (model.to('cuda')) or use source='auto'"
+            f"{x.device.type}; move it to the GPU first (model.to('cuda'), or --device cuda on the "
+            "command line) or use source='auto'"
         )
     if source == "nvml":
         from dwindle.metrics.energy_nvml import nvml_energy
