@@ -1,5 +1,6 @@
 import copy
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -323,6 +324,21 @@ def test_qat_stage_without_data_says_how_to_pass_it() -> None:
     with pytest.raises(ConfigError, match="qat needs training data"):
         apply(nn.Sequential(nn.Linear(4, 2)), QAT(), StageContext())
     assert get_technique("quantize_lowbit").config is LowBit
+
+
+def test_qat_warns_when_bn_is_frozen_from_the_start_at_two_bits() -> None:
+    data = _digits_data()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()
+    )
+    model.append(nn.Linear(4 * 8 * 8, 10))
+    train = dw.TrainConfig(epochs=1, progress=False, batch_size=256)
+    with pytest.warns(UserWarning, match=r"freeze_bn_epoch=0 .* 2 bits or fewer"):
+        qat(model, QAT(weight_bits=2, act_bits=None, freeze_bn_epoch=0, train=train), data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the sound settings stay silent
+        qat(model, QAT(weight_bits=2, act_bits=None, freeze_bn_epoch=1, train=train), data)
+        qat(model, QAT(weight_bits=4, act_bits=None, freeze_bn_epoch=0, train=train), data)
 
 
 def test_recipe_with_lowbit_and_qat_stages(tmp_path: Path) -> None:
