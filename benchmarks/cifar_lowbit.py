@@ -386,8 +386,9 @@ def _write(
             "model predicts the same class; bytes: that packed artifact on disk.",
             f"No held-out data selects among QAT runs: the {data.size('val')}-image val "
             "split is part of the training set the published checkpoint was trained on "
-            f"(its fp32 accuracy there: {100 * base_val:.2f} %), so it cannot, and no "
-            "choice is made on test either: each cycle's row is reported as it came.",
+            f"(its fp32 accuracy there: {100 * base_val:.2f} %), so it cannot. Rows are "
+            "reported as they came; a chain's fine-tune column lists every cycle it ran, "
+            "including cycles added after earlier cycles' test figures were seen.",
             f"Ran on {args.device}; rows of earlier runs of other variants are kept "
             "(see each row's fine-tune column, and its command in the json); this run "
             f"{time.perf_counter() - start:.0f} s.",
