@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 from model_helpers import tiny_resnet
+from torch import nn
 from train_helpers import FAST, make_bundle, make_model
 
 from dwindle._imports import available
@@ -16,6 +17,7 @@ from dwindle.data.bundle import DataBundle
 from dwindle.metrics import compare, measure_energy
 from dwindle.metrics.memory import CUDA_SOURCE
 from dwindle.precision import Precision, cast_
+from dwindle.pruning import nm_mask, to_semi_structured_
 from dwindle.quantization import QAT, convert_qat
 from dwindle.quantization.qat import prepare_qat
 from dwindle.training import TrainConfig, train
@@ -87,3 +89,23 @@ def test_nvml_energy_is_a_positive_reading() -> None:
         tiny_resnet().cuda(), lambda n: torch.randn(n, 3, 32, 32), source="nvml", seconds=1.0
     )
     assert joules is not None and joules > 0 and source.startswith("NVML")
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0),
+    reason="semi-structured sparse kernels need an Ampere or newer GPU",
+)
+def test_two_four_linear_becomes_semi_structured_with_the_same_outputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 64))
+    with torch.no_grad():
+        for i in (0, 2):
+            model[i].weight.mul_(nm_mask(model[i].weight, 2, 4))
+    model = model.half().cuda().eval()
+    x = torch.randn(128, 512, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        dense = model(x)
+        assert to_semi_structured_(model) == ["0", "2"]
+        w, kind = model[0].weight, torch.sparse.SparseSemiStructuredTensor
+        assert isinstance(w, kind) or isinstance(w.data, kind)
+        torch.testing.assert_close(model(x), dense, atol=2e-2, rtol=2e-2)

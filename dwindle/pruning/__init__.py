@@ -38,6 +38,7 @@ from dwindle.pruning.masks import (
 )
 from dwindle.pruning.neurons import NeuronPruning, merge_plan, neuron_activations, prune_neurons_
 from dwindle.pruning.schedules import AGP, Iterative, OneShot, Schedule
+from dwindle.pruning.semi_structured import is_two_four, to_semi_structured_
 from dwindle.pruning.sensitivity import SensitivityResult, sensitivity_scan
 from dwindle.pruning.sparse import (
     decode_relative,
@@ -120,6 +121,8 @@ __all__ = [  # noqa: RUF022 - unstructured half first, then the structured half
     "prune_neurons_",
     "prune_stage_widths_",
     "removable_blocks",
+    "is_two_four",
+    "to_semi_structured_",
     "remove_block",
     "remove_channels",
     "remove_masks",
