@@ -153,7 +153,7 @@ class SearchSpec(Config):
     retrain: bool = True
     latency_batch: int = Field(1, ge=1)
     latency_runs: int = Field(10, ge=1)
-    energy: Literal["auto", "rapl", "codecarbon", "estimate"] = "estimate"
+    energy: Literal["auto", "nvml", "rapl", "codecarbon", "estimate"] = "estimate"
 
     @field_validator("space", mode="before")
     @classmethod
