@@ -54,6 +54,12 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
         help="smoke test: N test/val images and N training images; writes <name>_smoke results",
     )
     parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the training forward (auto: on CUDA only)",
+    )
+    parser.add_argument(
         "--latency-threads",
         type=int,
         default=1,
@@ -70,11 +76,15 @@ def check_device(device: str) -> torch.device:
         raise SystemExit(2) from None
 
 
+_COMPILE = "auto"  # --compile of the running script, set by training_budget()
+
+
 def train_config(epochs: int, lr: float, device: str, **kw: Any) -> dw.TrainConfig:
     """SGD + momentum + cosine, crop/flip augmentation: the CIFAR ResNet fine-tuning recipe.
 
-    On CUDA the training forward is compiled (``TrainConfig.compile``): a QAT ResNet-20 step is
-    hundreds of small kernels, which eager mode launches one by one."""
+    On CUDA the training forward is compiled (``TrainConfig.compile``; ``--compile on/off``
+    overrides): a QAT ResNet-20 step is hundreds of small kernels, which eager mode launches one
+    by one."""
     opts: dict[str, Any] = dict(
         epochs=epochs,
         batch_size=128,
@@ -87,7 +97,7 @@ def train_config(epochs: int, lr: float, device: str, **kw: Any) -> dw.TrainConf
         progress=False,
         device=device,
         eval_batch_size=500,
-        compile=device.startswith("cuda"),
+        compile=device.startswith("cuda") if _COMPILE == "auto" else _COMPILE == "on",
     )
     opts.update(kw)
     return dw.TrainConfig(**opts)
@@ -166,7 +176,9 @@ def training_budget(args: argparse.Namespace, cpu_epochs: int, gpu_epochs: int) 
     set threads and seed, and load CIFAR-10 for it."""
     import warnings
 
+    global _COMPILE
     check_device(args.device)
+    _COMPILE = getattr(args, "compile", "auto")
     gpu = args.device.startswith("cuda")
     if args.epochs is None:
         args.epochs = gpu_epochs if gpu else cpu_epochs
