@@ -152,10 +152,9 @@ class _Run:
         for b, (x, y) in enumerate(batches, start=1):
             if st.step == 0:
                 outputs, logits = checked_forward(model, x, self.data)
-            elif cfg.compile and st.step == 1:
-                outputs = self.first_compiled(x)
             else:
-                outputs = self.forward(x)
+                first = cfg.compile and st.step == 1
+                outputs = self.first_compiled(x) if first else self.forward(x)
                 logits = logits_of(outputs)
             loss = self.loss_fn(model, x, y, outputs)
             value = _loss_value(loss)
