@@ -189,16 +189,8 @@ def measure_energy(
         try:
             return nvml_energy(model, x, seconds)
         except Exception as exc:  # e.g. a GPU without the counter (pre-Volta): say so, go on
-            failed = f"; NVML failed: {type(exc).__name__}: {exc}"[:200]
-            joules, label = measure_energy(
-                model,
-                make_input,
-                batch_size=batch_size,
-                seconds=seconds,
-                source="estimate",
-                flops=flops,
-            )
-            return joules, label + failed
+            joules, label = _by_estimate(model, x[:1], flops)
+            return joules, f"{label}; NVML failed: {type(exc).__name__}: {exc}"[:300]
     if source == "rapl" or (source == "auto" and rapl_readable()):
         if not rapl_readable():
             raise DwindleError(

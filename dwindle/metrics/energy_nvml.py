@@ -18,8 +18,6 @@ from dwindle._imports import require
 
 __all__ = ["nvml_energy", "nvml_handle"]
 
-_WARMUP_CALLS = 2
-
 
 def nvml_handle(nvml: Any, device: torch.device) -> Any:
     """The NVML handle of CUDA ``device``, matched by PCI bus id (CUDA and NVML may number the
@@ -45,7 +43,7 @@ def nvml_energy(
 ) -> tuple[float, str]:
     """``(joules per sample, label)`` of running ``model`` (in inference mode) on ``x`` for at
     least ``seconds``, read off the GPU's energy counter around the synchronised run."""
-    from dwindle.metrics.energy import _inference, _run_for
+    from dwindle.metrics.energy import _WARMUP_CALLS, _inference, _run_for
 
     nvml = nvml if nvml is not None else require("pynvml", "gpu", "GPU energy from NVML")
     handle = handle if handle is not None else nvml_handle(nvml, x.device)

@@ -169,6 +169,11 @@ class FakeQuantize(nn.Module):
             self._seen_initialised = bool(self.initialised)
         return self._seen_initialised
 
+    def mark_initialised(self, device: torch.device) -> None:
+        """Record (in the buffer and on the host) that a range has been observed."""
+        self.initialised = torch.tensor(True, device=device)
+        self._seen_initialised = True
+
     def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self._seen_initialised = False  # the loaded buffer decides again
         super()._load_from_state_dict(*args, **kwargs)
@@ -184,8 +189,7 @@ class FakeQuantize(nn.Module):
         qp = compute_qparams(lo, hi, self.bits, self.symmetric, self.axis)
         self.scale = qp.scale.to(x.device)
         self.zero_point = qp.zero_point.to(x.device)
-        self.initialised = torch.tensor(True, device=x.device)
-        self._seen_initialised = True
+        self.mark_initialised(x.device)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:

@@ -61,8 +61,7 @@ class LSQActivation(FakeQuantize):
         with torch.no_grad():
             self.scale.copy_(qp.scale.to(self.scale.device))
         self.zero_point = qp.zero_point.to(x.device)
-        self.initialised = torch.tensor(True, device=x.device)
-        self._seen_initialised = True
+        self.mark_initialised(x.device)
         if hasattr(self.observer, "sample"):  # the step learns from here on: drop the sample
             self.observer.sample = torch.empty(0, device=x.device)
 
