@@ -152,9 +152,7 @@ def load_cifar_test(smoke: int | None = None) -> Any:
     """Only the official CIFAR-10 test batch (what an inference benchmark needs, 30 MB instead
     of 180), normalised as the checkpoints expect; its train and val splits are placeholders
     (one test image each) that nothing trains on."""
-    import numpy as np
-
-    from dwindle.data.cifar import CIFAR_MEAN_STD, read_cifar_batch
+    from dwindle.data.cifar import CIFAR_MEAN_STD, read_cifar_batch, scale_images
     from dwindle.data.paths import default_roots
     from dwindle.data.registry import make_bundle
 
@@ -166,8 +164,7 @@ def load_cifar_test(smoke: int | None = None) -> Any:
     x, y = read_cifar_batch(found[0])
     if smoke:
         x, y = x[:smoke], y[:smoke]
-    mean, std = (np.asarray(v, np.float32)[None, :, None, None] for v in CIFAR_MEAN_STD)
-    x = (x.astype(np.float32) / np.float32(255.0) - mean) / std
+    x = scale_images(x, CIFAR_MEAN_STD)
     return make_bundle("cifar10", (x[:1], y[:1]), (x[:1], y[:1]), (x, y), 10)
 
 

@@ -20,7 +20,7 @@ from dwindle.data.paths import locate
 from dwindle.data.registry import carve_val, make_bundle, register_dataset
 from dwindle.errors import ConfigError
 
-__all__ = ["CIFAR_MEAN_STD", "check_mean_std", "crop_flip", "read_cifar_batch"]
+__all__ = ["CIFAR_MEAN_STD", "check_mean_std", "crop_flip", "read_cifar_batch", "scale_images"]
 
 _TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 _TEST = "test_batch.bin"
@@ -73,6 +73,18 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
     flip = torch.rand(n, generator=gen) < 0.5
     crops[flip] = crops[flip].flip(-1)
     return crops
+
+
+def scale_images(
+    x: np.ndarray, mean_std: tuple[Sequence[float], Sequence[float]] | None
+) -> np.ndarray:
+    """uint8 CIFAR images as float32 in [0, 1], then per channel ``(x - mean) / std`` when
+    ``mean_std`` is given."""
+    out = x.astype(np.float32) / np.float32(255.0)
+    if mean_std is not None:
+        m, sd = (np.asarray(v, np.float32)[None, :, None, None] for v in mean_std)
+        out = (out - m) / sd
+    return out
 
 
 def check_mean_std(
@@ -138,11 +150,7 @@ def _load_cifar10(
     x_test, y_test = read_cifar_batch(_find(directory, _TEST))  # type: ignore[arg-type]
 
     def scale(x: np.ndarray) -> np.ndarray:
-        out = x.astype(np.float32) / np.float32(255.0)
-        if normalize:
-            m, sd = (np.asarray(v, np.float32)[None, :, None, None] for v in mean_std)
-            out = (out - m) / sd
-        return out
+        return scale_images(x, mean_std if normalize else None)
 
     x_train, y_train, x_val, y_val = carve_val(x_pool, y_pool, val_size, 5000, seed)
     bundle = make_bundle(
