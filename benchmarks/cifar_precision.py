@@ -10,9 +10,9 @@ and the peer, PyTorch's own automatic mixed precision (``torch.autocast`` around
 model, fp16 on CUDA, bf16 on CPU), which keeps fp32 weights. Each row: accuracy on the 10 000
 test images, bytes on disk, latency p50 at batch 1/32 (and 256 on a GPU; interleaved) with
 speed-ups vs fp32, energy per image (NVML's board counter on a GPU; labelled), peak memory.
-On a CPU fp16 is left out by default: without fp16 kernels it ran 40 times slower than fp32 here
-(ResNet-20, batch 32, a 200-image smoke run), so its accuracy pass alone would take about half
-an hour; ``--precisions fp16 bf16 autocast`` asks for it anyway. No target reads it. Paper:
+On a CPU fp16 is left out by default: without fp16 kernels it runs many times slower than fp32
+(``--smoke 200 --precisions fp16`` shows it), so its accuracy pass alone would take most of the
+run; ``--precisions fp16 bf16 autocast`` asks for it anyway. No target reads it. Paper:
 Micikevicius et al. 2018 (Mixed Precision Training) report fp16 networks matching fp32 accuracy
 with half the bytes per weight.
 """

@@ -152,8 +152,8 @@ def prepare_qat(model: nn.Module, config: QAT, context: StageContext | None = No
 
 def warn_frozen_bn_at_low_bits(config: QAT) -> None:
     """Warn when BN is frozen from the first epoch of a QAT at 2 bits or fewer: the statistics
-    of the float model no longer fit such coarse outputs and training stalls or diverges (a
-    CIFAR ResNet-20 probe: 2-bit reached 25 % instead of 58 %, ternary's loss became nan)."""
+    of the float model no longer fit such coarse outputs and training stalls or diverges (seen
+    on the published CIFAR ResNet-20: 2-bit stalled, ternary's loss became nan)."""
     low = config.weight_bits <= 2 or config.weight_method != "uniform"
     if config.fold_bn and config.freeze_bn_epoch == 0 and low and config.train.epochs > 0:
         warnings.warn(

@@ -27,7 +27,7 @@ class TrainConfig(Config):
     ``restore_best``: ``None`` restores the best epoch's weights only with early stopping,
     ``True`` always (needs a validation split), ``False`` never. ``compile`` runs the training
     forward through ``torch.compile``: the first steps pay the compilation, then models made of
-    many small ops (QAT fake-quant, folded BN) run several times faster on CUDA.
+    many small ops (QAT fake-quant, folded BN) run as fused kernels; measure whether it pays.
     """
 
     epochs: int = Field(10, ge=0)
