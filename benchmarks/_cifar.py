@@ -46,6 +46,13 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
         default="cpu",
         help="cpu: the CPU budget (few epochs on a subset); cuda: the papers' fine-tuning budget",
     )
+    parser.add_argument(
+        "--budget",
+        choices=["auto", "cpu", "full"],
+        default="auto",
+        help="cpu: few epochs on a 20 000-image subset; full: the papers' epochs on all "
+        "training images (auto: full on cuda, cpu on cpu)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training")
     parser.add_argument(
         "--smoke",
@@ -94,13 +101,19 @@ def train_config(epochs: int, lr: float, device: str, **kw: Any) -> dw.TrainConf
         weight_decay=1e-4,
         schedule="cosine",
         augment=True,
-        progress=False,
+        progress=True,  # one line per epoch in a log (the bar only on a terminal)
         device=device,
         eval_batch_size=500,
         compile=device.startswith("cuda") if _COMPILE == "auto" else _COMPILE == "on",
     )
     opts.update(kw)
     return dw.TrainConfig(**opts)
+
+
+def quiet(cfg: dw.TrainConfig) -> dw.TrainConfig:
+    """``cfg`` as the weight caches' keys hash it: with ``progress`` off, which changes only
+    what is printed (so keys written before progress was on stay valid)."""
+    return cfg.model_copy(update={"progress": False})
 
 
 def cached_train(
@@ -110,7 +123,7 @@ def cached_train(
 
     The cache key is the name plus the config, so a changed budget never reuses stale weights.
     """
-    key = f"{name}_{hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:8]}"
+    key = f"{name}_{hashlib.sha256(quiet(cfg).model_dump_json().encode()).hexdigest()[:8]}"
     path = ARTIFACTS / f"cifar_{key}.safetensors"
     if cfg.epochs == 0:
         return model.eval()
@@ -169,17 +182,17 @@ def load_cifar_test(smoke: int | None = None) -> Any:
 
 
 def training_budget(args: argparse.Namespace, cpu_epochs: int, gpu_epochs: int) -> Any:
-    """Check ``--device``, fill the CPU or GPU budget (epochs; a 20 000-image subset on CPU),
-    set threads and seed, and load CIFAR-10 for it."""
+    """Check ``--device``, fill the CPU or full budget (epochs; a 20 000-image subset for the CPU
+    budget), set threads and seed, and load CIFAR-10 for it."""
     import warnings
 
     global _COMPILE
     check_device(args.device)
     _COMPILE = getattr(args, "compile", "auto")
-    gpu = args.device.startswith("cuda")
+    full = full_budget(args)
     if args.epochs is None:
-        args.epochs = gpu_epochs if gpu else cpu_epochs
-    if args.train_limit is None and not gpu:
+        args.epochs = gpu_epochs if full else cpu_epochs
+    if args.train_limit is None and not full:
         args.train_limit = 20000
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -187,9 +200,17 @@ def training_budget(args: argparse.Namespace, cpu_epochs: int, gpu_epochs: int) 
     return load_cifar(args, args.train_limit)
 
 
+def full_budget(args: argparse.Namespace) -> bool:
+    """Whether ``--budget`` (auto: by ``--device``) asks for the papers' full budget."""
+    budget = getattr(args, "budget", "auto")
+    return str(args.device).startswith("cuda") if budget == "auto" else budget == "full"
+
+
 def result_name(name: str, args: argparse.Namespace) -> str:
-    """``name``, ``name_cuda`` for the GPU budget (beside the CPU budget's file), or
-    ``name_smoke``."""
+    """``name`` for the CPU budget, ``name_cuda`` for any run on CUDA, ``name_full_cpu`` for
+    the full budget run on CPU (each beside the others), or ``name_smoke``."""
     if args.smoke:
         return f"{name}_smoke"
-    return f"{name}_cuda" if str(args.device).startswith("cuda") else name
+    if str(args.device).startswith("cuda"):
+        return f"{name}_cuda"
+    return f"{name}_full_cpu" if full_budget(args) else name

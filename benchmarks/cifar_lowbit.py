@@ -31,6 +31,7 @@ from _cifar import (
     PUBLISHED_ACC,
     add_device_args,
     published,
+    quiet,
     result_name,
     train_config,
     training_budget,
@@ -101,7 +102,9 @@ def variant_config(
 
 def config_key(cfg: QAT) -> str:
     """``cfg`` as cached runs' keys hash it: ``weight_range`` joined QAT after the first caches
-    were written, so it is left out while it has its default (their keys stay valid)."""
+    were written, so it is left out while it has its default (their keys stay valid); the
+    training config counts as :func:`quiet` (printing changes no weights)."""
+    cfg = cfg.model_copy(update={"train": quiet(cfg.train)})
     return cfg.model_dump_json(exclude={"weight_range"} if cfg.weight_range == "narrow" else None)
 
 

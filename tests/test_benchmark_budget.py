@@ -1,0 +1,61 @@
+"""The CIFAR benchmarks' budget plumbing: result file names and weight-cache keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture()
+def cifar() -> Iterator[object]:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _cifar
+
+        yield _cifar
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _args(device: str, budget: str = "auto", smoke: int | None = None) -> argparse.Namespace:
+    return argparse.Namespace(device=device, budget=budget, smoke=smoke)
+
+
+def test_result_names_keep_each_budget_and_device_apart(cifar: object) -> None:
+    name = cifar.result_name  # type: ignore[attr-defined]
+    assert name("x", _args("cpu")) == "x"
+    assert name("x", _args("cpu", "full")) == "x_full_cpu"
+    assert name("x", _args("cuda")) == "x_cuda"
+    assert name("x", _args("cuda", "cpu")) == "x_cuda"
+    assert name("x", _args("cpu", "full", smoke=8)) == "x_smoke"
+
+
+def test_full_budget_follows_the_device_unless_asked(cifar: object) -> None:
+    full = cifar.full_budget  # type: ignore[attr-defined]
+    assert full(_args("cuda")) and not full(_args("cpu"))
+    assert full(_args("cpu", "full")) and not full(_args("cuda", "cpu"))
+
+
+def test_cache_keys_ignore_progress_and_match_keys_written_without_it(cifar: object) -> None:
+    cfg = cifar.train_config(3, 0.01, "cpu")  # type: ignore[attr-defined]
+    assert cfg.progress  # the benchmarks print one line per epoch
+    quiet = cifar.quiet(cfg)  # type: ignore[attr-defined]
+    assert not quiet.progress
+    old = cfg.model_copy(update={"progress": False})  # what train_config made before
+    assert quiet.model_dump_json() == old.model_dump_json()
+    assert quiet.model_dump_json() != cfg.model_dump_json()
+
+
+def test_qat_cache_key_is_that_of_the_quiet_config(cifar: object) -> None:
+    import cifar_lowbit
+
+    cfg = cifar_lowbit.variant_config("w4a4", 3, 0.01, "cpu", 0)
+    assert cfg.train.progress
+    old = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
+    assert cifar_lowbit.config_key(cfg) == old.model_dump_json(exclude={"weight_range"})
