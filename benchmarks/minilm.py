@@ -37,6 +37,7 @@ from _minilm import (
     run_name,
     structure,
     teacher_sentences,
+    torchao_pt2e_peer,
 )
 from torch import nn
 
@@ -92,36 +93,6 @@ def most_sensitive_ffn_output(teacher: nn.Module, sentences: list[str]) -> str:
         log(f"  {pattern} float: lowest cosine {cosine:.5f} on {len(sentences)} train sentences")
         best = max(best, (cosine, pattern))
     return best[1]
-
-
-def torchao_pt2e_peer(teacher: nn.Module, calibration: list[str]) -> nn.Module:
-    """torchao's documented x86 int8 PTQ (pt2e tutorial "PyTorch 2 Export Post Training
-    Quantization with X86 Backend through Inductor"): export, X86InductorQuantizer with its
-    default static config, calibrate, convert, then torch.compile with freezing. Written out
-    here from torchao's API; only the running wrapper (compile on first use) is dwindle's.
-    The export has a dynamic batch and sequence, as the latency runs need both sizes."""
-    import io
-
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-
-    from dwindle.nlp.quantize_inductor import InductorTextModule
-
-    example = teacher.tokenize(calibration[:32], pad_to=SEQ)
-    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", min=2, max=SEQ)},)
-    with torch.no_grad():
-        exported = torch.export.export(copy.deepcopy(teacher), (example,), dynamic_shapes=dims)
-        quantizer = xiq.X86InductorQuantizer()
-        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(exported.module(), quantizer)
-        for i in range(0, len(calibration), 32):
-            prepared(teacher.tokenize(calibration[i : i + 32]))
-        converted = convert_pt2e(prepared)
-        program = torch.export.export(converted, (example,), dynamic_shapes=dims)
-    buf = io.BytesIO()
-    torch.export.save(program, buf)
-    scheme = "torchao pt2e X86InductorQuantizer default static config, torch.compile freezing"
-    return InductorTextModule(buf.getvalue(), teacher, scheme=scheme)
 
 
 def part_int8(teacher: nn.Module, dev: list, args: argparse.Namespace) -> list[dict[str, Any]]:
