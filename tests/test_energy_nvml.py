@@ -89,3 +89,25 @@ def test_auto_on_cpu_never_touches_nvml(monkeypatch: pytest.MonkeyPatch) -> None
 def test_unknown_source_lists_nvml() -> None:
     with pytest.raises(ConfigError, match="choose auto, nvml, rapl"):
         measure_energy(nn.Linear(4, 2), lambda n: torch.randn(n, 4), source="gpu")  # type: ignore[arg-type]
+
+
+def test_auto_on_a_gpu_falls_back_to_the_estimate_when_nvml_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU whose board has no energy counter (pre-Volta) still gets a figure, labelled."""
+    import dwindle.metrics.energy as energy
+    import dwindle.metrics.energy_nvml as energy_nvml
+
+    def no_counter(*args: object, **kwargs: object) -> tuple[float, str]:
+        raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+
+    real = energy.available
+    monkeypatch.setattr(energy, "_on_gpu", lambda x: True)  # this CPU batch stands in for one
+    monkeypatch.setattr(energy, "available", lambda name: name == "pynvml" or real(name))
+    monkeypatch.setattr(energy_nvml, "nvml_energy", no_counter)
+    model = nn.Linear(4, 2)
+    joules, label = measure_energy(model, lambda n: torch.randn(n, 4), source="auto")
+    estimate, _ = measure_energy(model, lambda n: torch.randn(n, 4), source="estimate")
+    assert joules == pytest.approx(estimate)
+    assert label.startswith("estimate: FLOPs")
+    assert label.endswith("; NVML failed: RuntimeError: NVML_ERROR_NOT_SUPPORTED")

@@ -137,6 +137,11 @@ def _by_codecarbon(model: nn.Module, x: torch.Tensor, seconds: float) -> tuple[f
     return watts * elapsed / (calls * x.shape[0]), label
 
 
+def _on_gpu(x: torch.Tensor) -> bool:
+    """Whether the measured batch (so the model) is on a CUDA device: NVML can meter it."""
+    return x.device.type == "cuda"
+
+
 def _by_estimate(model: nn.Module, x: torch.Tensor, flops: int | None) -> tuple[float, str]:
     if flops is None:
         from dwindle.metrics.flops import count_flops
@@ -173,7 +178,7 @@ def measure_energy(
             f"energy needs batch_size >= 1 and seconds > 0 (got {batch_size}, {seconds})"
         )
     x = prepare_input(model, make_input(batch_size))
-    if source == "nvml" and x.device.type != "cuda":
+    if source == "nvml" and not _on_gpu(x):
         raise ConfigError(
             f"energy source 'nvml' reads a GPU's energy counter, but the model is on "
             f"{x.device.type}; move it to the GPU first (model.to('cuda'), or --device cuda on the "
@@ -183,7 +188,7 @@ def measure_energy(
         from dwindle.metrics.energy_nvml import nvml_energy
 
         return nvml_energy(model, x, seconds)
-    if source == "auto" and x.device.type == "cuda" and available("pynvml"):
+    if source == "auto" and _on_gpu(x) and available("pynvml"):
         from dwindle.metrics.energy_nvml import nvml_energy
 
         try:
