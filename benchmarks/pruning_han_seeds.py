@@ -7,13 +7,18 @@ pruning_han.py compares one baseline with one pruned model, so a gap of a tenth 
 (baselines.py's LeNet-300 config; seed 0 reuses benchmarks/artifacts/lenet300.safetensors
 when it is there, as pruning_han.py does) and prunes it with pruning_han.py's LeNet-300 job
 (its validation-picked split, rounds and schedule) under the same seed. Same data split for
-every seed. Writes benchmarks/results/pruning_han_seeds.{json,md}; no target reads it.
+every seed. Writes benchmarks/results/pruning_han_seeds.{json,md} (another schedule: a suffix
+naming it); no target reads it. Each seed's row is cached in benchmarks/artifacts, so seeds can
+run in separate processes (``--seeds 0 1 2 --no-table`` and ``--seeds 3 4 --no-table``) before
+one run of all of them collects the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import statistics
 from typing import Any
 
@@ -28,9 +33,15 @@ from dwindle.models import create
 
 
 def seed_baseline(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str]:
-    """Seed 0: pruning_han.py's baseline; others: trained once, then cached in artifacts."""
+    """Seed 0: pruning_han.py's baseline; others: trained once, then cached in artifacts.
+    A seed-0 baseline trained here is cached where pruning_han.py (and baselines.py) keep it."""
     if seed == 0:
-        return baseline_model(job, data, 0)
+        model, how = baseline_model(job, data, 0)
+        path = ARTIFACTS / f"{job.model}.safetensors"
+        if not path.exists():
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            save(model, path)
+        return model, how
     path = ARTIFACTS / f"{job.model}_seed{seed}.safetensors"
     if path.exists():
         model = create(job.model, num_classes=data.num_classes)
@@ -39,6 +50,21 @@ def seed_baseline(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str]
     model, how = train_baseline(job, data, seed)
     save(model, path)
     return model, how
+
+
+def cached_seed_row(job: Job, seed: int, data: Any) -> dict[str, Any]:
+    """:func:`seed_row`, or the row an earlier run of the same job and seed cached in
+    artifacts (so seeds can run in several processes, and an interrupted run resumes)."""
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(job), sort_keys=True).encode())
+    path = ARTIFACTS / f"pruning_han_seeds_{key.hexdigest()[:8]}_seed{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    row = seed_row(job, seed, data)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row))
+    tmp.replace(path)
+    return row
 
 
 def seed_row(job: Job, seed: int, data: Any) -> dict[str, Any]:
@@ -86,6 +112,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="Han rounds (default: pruning_han.py's)")
     parser.add_argument("--epochs", type=int, help="retraining epochs per round")
     parser.add_argument("--final-epochs", type=int, help="retraining epochs after the last round")
+    parser.add_argument(
+        "--no-table",
+        action="store_true",
+        help="only compute (and cache) the seeds' rows; a later run of all seeds writes the table",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = dwdata.load("mnist", seed=0)
@@ -102,8 +133,10 @@ def main() -> None:
     job = dataclasses.replace(job, **changed)
     rows = []
     for seed in args.seeds:
-        rows.append(seed_row(job, seed, data))
+        rows.append(cached_seed_row(job, seed, data))
         print(rows[-1]["metrics"], flush=True)
+    if args.no_table:
+        return
     # another schedule than pruning_han.py's writes its own table
     short = {"rounds": "r", "epochs": "e", "final_epochs": "f"}
     suffix = "".join(f"_{short[k]}{v}" for k, v in changed.items())
