@@ -83,15 +83,14 @@ def check_device(device: str) -> torch.device:
         raise SystemExit(2) from None
 
 
-_COMPILE = "auto"  # --compile of the running script, set by training_budget()
-
-
-def train_config(epochs: int, lr: float, device: str, **kw: Any) -> dw.TrainConfig:
+def train_config(
+    epochs: int, lr: float, device: str, compile_mode: str = "auto", **kw: Any
+) -> dw.TrainConfig:
     """SGD + momentum + cosine, crop/flip augmentation: the CIFAR ResNet fine-tuning recipe.
 
-    On CUDA the training forward is compiled (``TrainConfig.compile``; ``--compile on/off``
-    overrides): a QAT ResNet-20 step is hundreds of small kernels, which eager mode launches one
-    by one."""
+    ``compile_mode`` is the scripts' ``--compile``: "auto" compiles the training forward
+    (``TrainConfig.compile``) on CUDA only, where a QAT ResNet-20 step is hundreds of small
+    kernels that eager mode launches one by one; "on"/"off" decide everywhere."""
     opts: dict[str, Any] = dict(
         epochs=epochs,
         batch_size=128,
@@ -104,7 +103,7 @@ def train_config(epochs: int, lr: float, device: str, **kw: Any) -> dw.TrainConf
         progress=True,  # one line per epoch in a log (the bar only on a terminal)
         device=device,
         eval_batch_size=500,
-        compile=device.startswith("cuda") if _COMPILE == "auto" else _COMPILE == "on",
+        compile=device.startswith("cuda") if compile_mode == "auto" else compile_mode == "on",
     )
     opts.update(kw)
     return dw.TrainConfig(**opts)
@@ -186,9 +185,7 @@ def training_budget(args: argparse.Namespace, cpu_epochs: int, gpu_epochs: int) 
     budget), set threads and seed, and load CIFAR-10 for it."""
     import warnings
 
-    global _COMPILE
     check_device(args.device)
-    _COMPILE = getattr(args, "compile", "auto")
     full = full_budget(args)
     if args.epochs is None:
         args.epochs = gpu_epochs if full else cpu_epochs

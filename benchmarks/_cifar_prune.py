@@ -67,7 +67,7 @@ def finetune(
     name: str, model: nn.Module, teacher: nn.Module | None, data: Any, args: Any, log: list[str]
 ) -> nn.Module:
     """Fine-tune ``model`` with labels, or with KD from ``teacher``; weights cached by budget."""
-    cfg = train_config(args.epochs, args.lr, args.device)
+    cfg = train_config(args.epochs, args.lr, args.device, args.compile)
     name = f"{name}_n{args.smoke or args.train_limit or 'all'}"
     if teacher is None:
         return cached_train(name, model, data, cfg, log)

@@ -84,9 +84,14 @@ QAT_REV = 3
 
 
 def variant_config(
-    variant: str, epochs: int, lr: float, device: str, freeze_bn: int | None = None
+    variant: str,
+    epochs: int,
+    lr: float,
+    device: str,
+    freeze_bn: int | None = None,
+    compile_mode: str = "auto",
 ) -> QAT:
-    tcfg = train_config(epochs, lr, device)
+    tcfg = train_config(epochs, lr, device, compile_mode)
     if variant in ("w4a4", "w4a4_full"):
         kw: dict[str, Any] = dict(weight_bits=4, act_bits=4, learned_ranges=True, input_bits=8)
         if variant == "w4a4_full":  # LSQ's weight grid, codes -8..7
@@ -130,7 +135,9 @@ def _teacher_name(name: str) -> str:
 
 
 def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> list[dict[str, Any]]:
-    cfg = variant_config(variant, args.epochs, args.lr, args.device, args.freeze_bn_epoch)
+    cfg = variant_config(
+        variant, args.epochs, args.lr, args.device, args.freeze_bn_epoch, args.compile
+    )
     kd = "kd" if args.distill else ""
     key = hashlib.sha256(
         f"{config_key(cfg)}{args.train_limit}{args.smoke}{QAT_REV}{kd}".encode()
@@ -139,7 +146,7 @@ def run_variant(variant: str, base: torch.nn.Module, data: Any, args: Any) -> li
     # the first QAT run, then further cosine cycles from the previous one's weights (warm
     # restarts); each is cached under a key chained from the one before
     cycles = [cfg] + [
-        variant_config(variant, e, lr, args.device, args.freeze_bn_epoch)
+        variant_config(variant, e, lr, args.device, args.freeze_bn_epoch, args.compile)
         for e, lr in zip(args.more_epochs, args.more_lr, strict=True)
     ]
     teachers = [args.teacher] * len(cycles)

@@ -59,3 +59,10 @@ def test_qat_cache_key_is_that_of_the_quiet_config(cifar: object) -> None:
     assert cfg.train.progress
     old = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
     assert cifar_lowbit.config_key(cfg) == old.model_dump_json(exclude={"weight_range"})
+
+
+def test_compile_mode_is_passed_not_global(cifar: object) -> None:
+    make = cifar.train_config  # type: ignore[attr-defined]
+    assert not make(1, 0.1, "cpu").compile and make(1, 0.1, "cuda").compile  # auto: CUDA only
+    assert make(1, 0.1, "cpu", "on").compile and not make(1, 0.1, "cuda", "off").compile
+    assert not hasattr(cifar, "_COMPILE")
