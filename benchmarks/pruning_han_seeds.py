@@ -28,6 +28,7 @@ from pruning_han import JOBS, Job, baseline_model, error_pct, han_prune, train_b
 
 from dwindle import data as dwdata
 from dwindle.export import load_weights, save
+from dwindle.export.atomic import atomic_write_bytes
 from dwindle.metrics import count_nonzeros, count_params
 from dwindle.models import create
 
@@ -39,7 +40,6 @@ def seed_baseline(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str]
         model, how = baseline_model(job, data, 0)
         path = ARTIFACTS / f"{job.model}.safetensors"
         if not path.exists():
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
             save(model, path)
         return model, how
     path = ARTIFACTS / f"{job.model}_seed{seed}.safetensors"
@@ -60,10 +60,7 @@ def cached_seed_row(job: Job, seed: int, data: Any) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     row = seed_row(job, seed, data)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(row).encode())
     return row
 
 
