@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,25 @@ def render_markdown(
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def result_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock on result ``name`` while its rows are merged and written, so runs
+    of one script writing the same file at the same time (several variants on one GPU) lose no
+    row."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTIFACTS / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def previous_rows(name: str) -> list[dict[str, Any]]:
+    """The rows result ``name`` holds now (none when it has no file yet)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return []
+    return json.loads(path.read_text()).get("rows", [])

@@ -17,13 +17,9 @@ fine-tuned weights are cached in benchmarks/artifacts/ and its row written as so
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
-import json
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -36,7 +32,7 @@ from _cifar import (
     train_config,
     training_budget,
 )
-from _common import ARTIFACTS, RESULTS, write_results
+from _common import ARTIFACTS, previous_rows, result_lock, write_results
 from safetensors.torch import load_file
 
 from dwindle.distillation import DistillConfig, distill
@@ -243,26 +239,6 @@ def _measured(
     }
 
 
-@contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
-    """Hold an exclusive lock on result ``name`` while its rows are merged and written, so runs
-    of different variants at the same time (one GPU has room for several) lose no row."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with open(ARTIFACTS / f"{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _previous_rows(name: str) -> list[dict[str, Any]]:
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return []
-    return json.loads(path.read_text()).get("rows", [])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=["w4a4", "w2a2", "ternary"])
@@ -357,7 +333,7 @@ def main() -> None:
                 flush=True,
             )
         # rows of other variants as the file holds them now (another run may have written it)
-        with _locked(result_name(NAME, args)):
+        with result_lock(result_name(NAME, args)):
             _write(rows, mine, data, args, base_val, start)
 
 
@@ -369,10 +345,10 @@ def _write(
     base_val: float,
     start: float,
 ) -> None:
-    """Merge this run's rows into the result file's and write it (under :func:`_locked`)."""
+    """Merge this run's rows into the result file's and write it (under :func:`result_lock`)."""
     kept = {
         r["variant"]: r
-        for r in _previous_rows(result_name(NAME, args))
+        for r in previous_rows(result_name(NAME, args))
         if r["variant"] != "resnet20_fp32"
     }
     kept.update(mine)
