@@ -22,6 +22,7 @@ import json
 import statistics
 from typing import Any
 
+import pruning_han as han
 import torch
 from _common import ARTIFACTS, write_results
 from pruning_han import JOBS, Job, baseline_model, error_pct, han_prune, train_baseline
@@ -52,21 +53,22 @@ def seed_baseline(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str]
     return model, how
 
 
-def cached_seed_row(job: Job, seed: int, data: Any) -> dict[str, Any]:
+def cached_seed_row(job: Job, seed: int, data: Any, kd: bool = False) -> dict[str, Any]:
     """:func:`seed_row`, or the row an earlier run of the same job and seed cached in
     artifacts (so seeds can run in several processes, and an interrupted run resumes)."""
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(job), sort_keys=True).encode())
+    spec = dataclasses.asdict(job) | ({"distill": han.KD} if kd else {})
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     path = ARTIFACTS / f"pruning_han_seeds_{key.hexdigest()[:8]}_seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    row = seed_row(job, seed, data)
+    row = seed_row(job, seed, data, kd)
     atomic_write_bytes(path, json.dumps(row).encode())
     return row
 
 
-def seed_row(job: Job, seed: int, data: Any) -> dict[str, Any]:
+def seed_row(job: Job, seed: int, data: Any, kd: bool = False) -> dict[str, Any]:
     base, how = seed_baseline(job, data, seed)
-    pruned = han_prune(job, base, data, seed, 1.0).model
+    pruned = han_prune(job, base, data, seed, 1.0, kd).model
     m: dict[str, Any] = {
         "baseline_val_error_pct": error_pct(base, data, "val"),
         "baseline_test_error_pct": error_pct(base, data, "test"),
@@ -110,6 +112,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="retraining epochs per round")
     parser.add_argument("--final-epochs", type=int, help="retraining epochs after the last round")
     parser.add_argument(
+        "--keep-scale",
+        type=float,
+        default=1.0,
+        help="multiply the job's per-layer calibration fractions (lower: sparser)",
+    )
+    parser.add_argument(
+        "--distill",
+        action="store_true",
+        help="retrain with KD from each seed's baseline, as pruning_han.py --distill",
+    )
+    parser.add_argument(
         "--no-table",
         action="store_true",
         help="only compute (and cache) the seeds' rows; a later run of all seeds writes the table",
@@ -127,16 +140,20 @@ def main() -> None:
         }.items()
         if v is not None and v != getattr(job, k)
     }
+    if args.keep_scale != 1.0:
+        changed["keep"] = {k: round(v * args.keep_scale, 4) for k, v in job.keep.items()}
     job = dataclasses.replace(job, **changed)
     rows = []
     for seed in args.seeds:
-        rows.append(cached_seed_row(job, seed, data))
+        rows.append(cached_seed_row(job, seed, data, args.distill))
         print(rows[-1]["metrics"], flush=True)
     if args.no_table:
         return
     # another schedule than pruning_han.py's writes its own table
     short = {"rounds": "r", "epochs": "e", "final_epochs": "f"}
-    suffix = "".join(f"_{short[k]}{v}" for k, v in changed.items())
+    suffix = "".join(f"_{short[k]}{v}" for k, v in changed.items() if k in short)
+    suffix += f"_k{args.keep_scale:g}" if args.keep_scale != 1.0 else ""
+    suffix += "_kd" if args.distill else ""
     write_results(
         f"pruning_han_seeds{suffix}",
         [*rows, spread(rows)],
@@ -154,8 +171,10 @@ def main() -> None:
             f"each seed trains its baseline (baselines.py's config) and Han-prunes it with "
             f"pruning_han.py's lenet300 job{' changed to ' + str(changed) if changed else ''} "
             f"(calibration {job.keep}, {job.rounds} rounds × "
-            f"{job.epochs} epochs, {job.final_epochs} final epochs); data split fixed (seed 0: "
-            "5 000 validation images held out of the training set, 10 000 test images).",
+            f"{job.epochs} epochs, {job.final_epochs} final epochs"
+            f"{', KD from the baseline ' + str(han.KD) if args.distill else ''}); "
+            "data split fixed (seed 0: 5 000 validation images held out of the training set, "
+            "10 000 test images).",
             "the last row is the mean ± sample standard deviation over the seeds; one test image "
             "is 0.01 pt.",
         ],
