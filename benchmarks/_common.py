@@ -211,9 +211,14 @@ def result_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def previous_result(name: str) -> dict[str, Any]:
+    """Result ``name`` as its JSON holds it now, so a partial run (``--only``) can keep the
+    rows and targets it did not redo; no file yet: no rows, no targets."""
+    path = RESULTS / f"{name}.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    return {"rows": [], "targets": {}, **old}
+
+
 def previous_rows(name: str) -> list[dict[str, Any]]:
     """The rows result ``name`` holds now (none when it has no file yet)."""
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return []
-    return json.loads(path.read_text()).get("rows", [])
+    return previous_result(name)["rows"]

@@ -13,14 +13,13 @@ Paper figures: Han et al. 2015 ("Learning both Weights and Connections", Table 1
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, RESULTS, write_results
+from _common import ARTIFACTS, previous_rows, write_results
 
 import dwindle as dw
 from dwindle import data as dwdata
@@ -163,10 +162,9 @@ def main() -> None:
         "--reuse", action="store_true", help="measure existing artifacts instead of retraining"
     )
     args = parser.parse_args()
-    previous = RESULTS / "baselines.json"
     rows: dict[str, dict[str, Any]] = {}
-    if args.only and previous.exists():  # keep the other variants' rows from the last full run
-        rows = {r["variant"]: r for r in json.loads(previous.read_text())["rows"]}
+    if args.only:  # keep the other variants' rows from the last full run
+        rows = {r["variant"]: r for r in previous_rows("baselines")}
     for job in JOBS:
         if args.only and job.variant not in args.only:
             continue

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import time
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, RESULTS, write_results
+from _common import ARTIFACTS, previous_result, write_results
 from baselines import JOBS
 from pruning_han import JOBS as HAN_JOBS
 from pruning_han import error_pct, han_prune
@@ -305,16 +304,12 @@ def main() -> None:
         new_rows, new_targets = run_model(name, args.epochs_scale)
         rows += new_rows
         targets.update(new_targets)
-    previous = RESULTS / "deep_compression.json"
-    if previous.exists():  # keep the other model's rows (read now: runs may overlap)
-        old = json.loads(previous.read_text())
-        rows = [r for r in old["rows"] if r["model"] not in args.only] + rows
-        targets = {
-            **{
-                k: v for k, v in old["targets"].items() if not any(k.endswith(n) for n in args.only)
-            },
-            **targets,
-        }
+    old = previous_result("deep_compression")  # the other model's rows (read now: runs overlap)
+    rows = [r for r in old["rows"] if r["model"] not in args.only] + rows
+    targets = {
+        **{k: v for k, v in old["targets"].items() if not any(k.endswith(n) for n in args.only)},
+        **targets,
+    }
     notes = [
         "bytes: the real file of each stage (safetensors; pruning's sparse format; deepc "
         "with codebooks, Huffman-coded indices and relative positions incl. fillers)",

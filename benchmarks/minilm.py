@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import RESULTS, write_results
+from _common import previous_rows, write_results
 from _minilm import (
     PAPER_STSB,
     SEQ,
@@ -305,8 +304,7 @@ PARTS: dict[str, Callable[[nn.Module, list, argparse.Namespace], list[dict[str, 
 
 
 def merge(rows: list[dict[str, Any]], notes: list[str], name: str) -> None:
-    path = RESULTS / f"{name}.json"
-    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    old = previous_rows(name)
     names = {r["variant"] for r in rows}
     merged = [r for r in old if r["variant"] not in names] + rows
     present = {r["variant"] for r in merged}

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, RESULTS, torch_pruning_l1, write_results
+from _common import ARTIFACTS, RESULTS, previous_result, torch_pruning_l1, write_results
 from baselines import JOBS
 from torch import nn
 
@@ -203,16 +202,13 @@ def _keep_other_model(
     only: str, rows: list[dict[str, Any]], targets: dict[str, Any], notes: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """With --only, carry the other model's rows, target and notes over from the last results."""
-    path = RESULTS / "pruning_filters.json"
-    if not path.exists():
-        return rows, targets, notes
-    old = json.loads(path.read_text())
+    old = previous_result("pruning_filters")
     other = "resnet20" if only == "cnn4bn" else "cnn4bn"
     kept = [r for r in old["rows"] if r["model"] == other]
     if not kept:
         return rows, targets, notes
     key = "filter_resnet" if other == "resnet20" else "filter_cnn4bn"
-    old_md = path.with_suffix(".md").read_text().splitlines()
+    old_md = (RESULTS / "pruning_filters.md").read_text().splitlines()
     carried = [n[2:] for n in old_md if n.startswith("- ") and n[2:].lower().startswith(other[:6])]
     return (
         rows + kept,

@@ -20,14 +20,13 @@ final, longer retraining closes. Writes benchmarks/results/pruning_han.{json,md}
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, RESULTS, write_results
+from _common import ARTIFACTS, RESULTS, previous_rows, write_results
 
 import dwindle as dw
 from dwindle import data as dwdata
@@ -292,9 +291,8 @@ def main() -> None:
             print(
                 f"   {row['variant']}: error {m['error_pct']:.2f} %, nz {m['nonzeros']}", flush=True
             )
-    previous = RESULTS / "pruning_han.json"
-    if args.only and previous.exists():  # keep the other model's rows (read now: runs overlap)
-        old = {r["variant"]: r for r in json.loads(previous.read_text())["rows"]}
+    if args.only:  # keep the other model's rows (read now: runs overlap)
+        old = {r["variant"]: r for r in previous_rows("pruning_han")}
         rows = {**{k: v for k, v in old.items() if k.split("_")[0] not in args.only}, **rows}
         for k, v in old.items():  # keep the other retraining variant of a re-run model
             rows.setdefault(k, v)

@@ -13,14 +13,13 @@ Jacob et al. 2018 report int8 QAT within ~0 pt of float on their models (no MNIS
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ARTIFACTS, RESULTS, write_results
+from _common import ARTIFACTS, RESULTS, previous_result, write_results
 from baselines import JOBS
 from torch import nn
 
@@ -210,7 +209,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = dwdata.load("mnist", seed=0)
-    path = RESULTS / f"{NAME}.json"
     rows, targets = [], {}
     parts = [args.only] if args.only else ["int8", "bnn"]
     if "int8" in parts:
@@ -229,9 +227,9 @@ def main() -> None:
         rows += r
         targets.update(t)
     # keep the other part's rows from an earlier run when only one part ran
-    old = json.loads(path.read_text()) if path.exists() else {"rows": [], "targets": {}}
+    old = previous_result(NAME)
     keep = [r for r in old["rows"] if r["variant"] not in {x["variant"] for x in rows}]
-    targets = {**{k: v for k, v in old.get("targets", {}).items() if k not in targets}, **targets}
+    targets = {**{k: v for k, v in old["targets"].items() if k not in targets}, **targets}
     write_results(
         NAME,
         keep + rows,

@@ -66,3 +66,23 @@ def test_compile_mode_is_passed_not_global(cifar: object) -> None:
     assert not make(1, 0.1, "cpu").compile and make(1, 0.1, "cuda").compile  # auto: CUDA only
     assert make(1, 0.1, "cpu", "on").compile and not make(1, 0.1, "cuda", "off").compile
     assert not hasattr(cifar, "_COMPILE")
+
+
+def test_previous_result_reads_what_a_partial_run_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    assert _common.previous_result("x") == {"rows": [], "targets": {}}
+    assert _common.previous_rows("x") == []
+    row = {"variant": "a", "metrics": {"accuracy": 0.5}}
+    (tmp_path / "x.json").write_text(
+        '{"rows": [{"variant": "a", "metrics": {"accuracy": 0.5}}], "commit": "c"}'
+    )
+    old = _common.previous_result("x")
+    assert old["rows"] == [row] and old["targets"] == {} and old["commit"] == "c"
+    assert _common.previous_rows("x") == [row]
