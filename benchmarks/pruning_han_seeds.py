@@ -56,7 +56,9 @@ def seed_baseline(job: Job, data: Any, seed: int) -> tuple[torch.nn.Module, str]
 def cached_seed_row(job: Job, seed: int, data: Any, kd: bool = False) -> dict[str, Any]:
     """:func:`seed_row`, or the row an earlier run of the same job and seed cached in
     artifacts (so seeds can run in several processes, and an interrupted run resumes)."""
-    spec = dataclasses.asdict(job) | ({"distill": han.KD} if kd else {})
+    # unset fields stay out, so keys written before they existed stay valid
+    spec = {k: v for k, v in dataclasses.asdict(job).items() if v is not None}
+    spec |= {"distill": han.KD} if kd else {}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     path = ARTIFACTS / f"pruning_han_seeds_{key.hexdigest()[:8]}_seed{seed}.json"
     if path.exists():
@@ -115,7 +117,8 @@ def main() -> None:
         "--keep-scale",
         type=float,
         default=1.0,
-        help="multiply the job's per-layer calibration fractions (lower: sparser)",
+        help="multiply the job's per-layer calibration fractions (with --distill: its KD "
+        "calibration; lower: sparser)",
     )
     parser.add_argument(
         "--distill",
@@ -140,8 +143,12 @@ def main() -> None:
         }.items()
         if v is not None and v != getattr(job, k)
     }
+    if args.distill and job.kd_keep:  # the KD variant's own calibration
+        changed["keep"] = job.kd_keep
+    job = dataclasses.replace(job, kd_keep=None)
     if args.keep_scale != 1.0:
-        changed["keep"] = {k: round(v * args.keep_scale, 4) for k, v in job.keep.items()}
+        scaled = changed.get("keep", job.keep)
+        changed["keep"] = {k: round(v * args.keep_scale, 4) for k, v in scaled.items()}
     job = dataclasses.replace(job, **changed)
     rows = []
     for seed in args.seeds:
