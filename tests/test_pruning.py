@@ -295,6 +295,23 @@ def test_bad_option_combinations_are_named() -> None:
         prune_(_mlp(), Prune(method="han", quality=1, schedule="iterative", finetune=QUIET))
 
 
+def test_sparse_roundtrip_keeps_batch_norm_state_and_all_zero_tensors(tmp_path: Path) -> None:
+    """BN's 0-dim num_batches_tracked and an all-zero bias (relative-coded with no values)
+    once broke the sparse file: the writer could not view a 0-dim tensor as bytes and the
+    reader could not decode zero values."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    model(torch.randn(2, 1, 6, 6))  # running statistics and num_batches_tracked move
+    prune_(model, Prune(method="magnitude", ratio=0.5))
+    path = dw.export.save(model, tmp_path / "m.sparse")
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    load_sparse(fresh, path)
+    saved = model.state_dict()
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert int(fresh[1].num_batches_tracked) == 1
+    assert not fresh[1].bias.any()
+
+
 def test_recipe_stage_prunes_and_reports_sparse_bytes(tmp_path: Path) -> None:
     doc = {
         "name": "prune",

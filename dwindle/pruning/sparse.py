@@ -126,7 +126,8 @@ def _unpack_codes(raw: bytes, index_bits: int, n: int) -> Tensor:
 
 
 def _raw(t: Tensor) -> bytes:
-    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    # flattened first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def encoded_bytes(weight: Tensor, encoding: str, index_bits: int = 8) -> int:
@@ -212,7 +213,11 @@ def _decode(entry: dict[str, Any], blob: bytes, index_bits: int) -> Tensor:
         return t.reshape(shape).clone()
     n_values = entry["values"]
     item = torch.empty((), dtype=dtype).element_size()
-    values = torch.frombuffer(bytearray(chunk[: n_values * item]), dtype=torch.uint8).view(dtype)
+    raw = bytearray(chunk[: n_values * item])
+    # an all-zero tensor keeps no values (frombuffer refuses an empty buffer)
+    values = (
+        torch.frombuffer(raw, dtype=torch.uint8).view(dtype) if raw else torch.empty(0, dtype=dtype)
+    )
     codes = _unpack_codes(chunk[n_values * item :], index_bits, entry["entries"])
     return decode_relative(values, codes, numel).reshape(shape)
 
