@@ -287,6 +287,8 @@ def test_bad_option_combinations_are_named() -> None:
         Prune(method="han")
     with pytest.raises(ConfigError, match="schedule 'agp' needs final_sparsity"):
         Prune(schedule="agp", finetune={"epochs": 2})
+    with pytest.raises(ConfigError, match="ratio is not used: give final_sparsity"):
+        Prune(schedule="agp", ratio=0.5, final_sparsity=0.9, finetune={"epochs": 2})
     with pytest.raises(ConfigError, match="schedule 'iterative' retrains between rounds"):
         Prune(method="han", quality=1.0, schedule="iterative")
     with pytest.raises(ConfigError, match="needs n < m"):

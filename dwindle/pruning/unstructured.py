@@ -132,6 +132,11 @@ class Prune(TargetedConfig):
         if self.schedule == "agp":
             if self.method not in ("magnitude", "block"):
                 raise ValueError("schedule 'agp' works with method 'magnitude' or 'block'")
+            if "ratio" in given:
+                raise ValueError(
+                    "schedule 'agp' ramps the sparsity from initial_sparsity to final_sparsity; "
+                    "ratio is not used: give final_sparsity instead"
+                )
             if self.final_sparsity is None:
                 raise ValueError("schedule 'agp' needs final_sparsity (e.g. 0.9)")
             if self.final_sparsity < self.initial_sparsity:
