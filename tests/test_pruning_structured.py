@@ -241,6 +241,18 @@ def test_unsupported_layer_type_names_module_and_types() -> None:
         )
 
 
+def test_a_selection_with_nothing_to_prune_is_an_error_not_a_no_op() -> None:
+    conv = FilterPruning(targets=("features.conv1",), exclude=("features.conv1",))
+    with pytest.raises(ConfigError, match=r"select no Conv1d, Conv2d, Conv3d layer"):
+        prune_filters_(create("cnn4bn"), conv, example_input=IMG)
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match=r"select no Linear layer"):
+        prune_neurons_(mlp, NeuronPruning(targets=("0",), exclude=("0",)))
+    # a model without any supported layer says so once, instead of naming one layer to exclude
+    with pytest.raises(ConfigError, match=r"Sequential has none; for Linear layers use prune_neu"):
+        prune_filters_(mlp, FilterPruning(ratio=0.5), example_input=torch.randn(1, 6))
+
+
 def test_target_pattern_matching_nothing() -> None:
     with pytest.raises(ConfigError, match=r"target pattern 'feature\.\*' matches no module"):
         prune_filters_(create("cnn4bn"), FilterPruning(targets=("feature.*",)), example_input=IMG)

@@ -92,15 +92,25 @@ def select_supported(
     """Targeted modules of ``types``; a pattern that selects only other types is an error."""
     matched = select_modules(model, config.targets, config.exclude)
     supported = [(n, m) for n, m in matched if isinstance(m, types)]
+    kinds = ", ".join(t.__name__ for t in types)
+    if not any(isinstance(m, types) for m in model.modules()):
+        raise ConfigError(
+            f"{what} works on {kinds} layers and {type(model).__name__} has none"
+            + ("; for Linear layers use prune_neurons_" if nn.Linear not in types else "")
+        )
     for pattern in config.targets:
         hits = [(n, m) for n, m in matched if matches(n, [pattern])]
         if hits and not any(isinstance(m, types) for _, m in hits):
-            name, module = hits[0]
-            kinds = ", ".join(t.__name__ for t in types)
+            shown = ", ".join(f"{n!r} ({type(m).__name__})" for n, m in hits[:6])
             raise ConfigError(
-                f"{what} cannot prune module {name!r} ({type(module).__name__}); supported layer "
-                f"types: {kinds}. Target those layers or exclude {name!r}."
+                f"target {pattern!r} selects only layers {what} cannot prune: {shown}; "
+                f"supported layer types: {kinds}. Change the target or exclude those layers."
             )
+    if not supported:
+        raise ConfigError(
+            f"targets {list(config.targets)} (exclude {list(config.exclude)}) select no "
+            f"{kinds} layer, so {what} would change nothing; narrow exclude or widen targets"
+        )
     return supported
 
 
