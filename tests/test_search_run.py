@@ -117,6 +117,12 @@ def test_resume_continues_the_study_and_a_fresh_run_refuses_it(tmp_path: Path) -
         search(HPO, tmp_path / "x", resume=True, study_name="other")
 
 
+def test_resume_refuses_other_objectives_of_the_same_direction(tmp_path: Path) -> None:
+    search(_with(HPO, n_trials=1, sampler="random", objectives=["params"]), tmp_path)
+    with pytest.raises(SearchError, match=r"measures objectives \['params'\], not \['flops'\]"):
+        search(_with(HPO, objectives=["flops"]), tmp_path, resume=True, n_trials=2)
+
+
 def test_best_trial_is_retrained_and_saved(tmp_path: Path) -> None:
     result = search(_with(HPO, n_trials=2, retrain=True), tmp_path)
     best = load_recipe(tmp_path / "best.yaml")  # a plain recipe dwindle run accepts

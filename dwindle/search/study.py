@@ -113,6 +113,13 @@ def open_study(
             f"study {name!r} optimises {[d.name.lower() for d in study.directions]}, not "
             f"{spec.directions}; use another study name"
         )
+    stored = study.user_attrs.get("objectives")
+    if stored is not None and list(stored) != list(spec.objectives):
+        # same directions, other metrics: resuming would mix values of different objectives
+        raise SearchError(
+            f"study {name!r} measures objectives {list(stored)}, not {list(spec.objectives)}; "
+            "keep its objectives to resume it, or use another study name / --out"
+        )
     return study
 
 
