@@ -97,6 +97,9 @@ def test_pruner_is_fed_by_the_trainers_validation_metric(tmp_path: Path) -> None
     with pytest.raises(optuna.TrialPruned, match="after epoch 1"):
         dw.train(model, data, dw.TrainConfig(epochs=3, progress=False), callbacks=[_Report(trial)])
     assert len(trial.reported) == 1 and trial.reported[0][1] == 1  # stopped after epoch 1
+    last = Always()  # a one-epoch run is never pruned: its training is already done
+    dw.train(model, data, dw.TrainConfig(epochs=1, progress=False), callbacks=[_Report(last)])
+    assert last.reported and last.reported[0][1] == 1
     doc = _with(HPO, pruner="median", n_trials=4)
     doc["baseline"]["train"]["epochs"] = 2
     result = search(doc, tmp_path)

@@ -76,7 +76,8 @@ class _Report(Callback):
         if value is None or value != value:  # no validation split
             return
         self.trial.report(float(value), state.epoch)
-        if self.trial.should_prune():
+        # after the last epoch the training is paid for: the trial completes with its value
+        if state.epoch < state.config.epochs and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {state.epoch} (val {value:.4f})")
 
 
