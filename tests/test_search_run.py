@@ -178,6 +178,21 @@ def test_autotune_meets_an_easy_constraint(tmp_path: Path) -> None:
     assert result.study.get_trials()[0].params["stages.0.prune.ratio"] >= 0.3  # seeded trial
 
 
+def test_autotune_fallback_only_keeps_layers_a_stage_compresses() -> None:
+    from dwindle.search.autotune import targeted_layers
+
+    doc = {
+        "stages": [
+            {"prune": {"method": "magnitude", "ratio": 0.5, "targets": ["fc1"]}},
+            {"prune_neurons": {"ratio": 0.5, "targets": ["fc*"], "exclude": ["fc3"]}},
+            {"precision": {"dtype": "bf16", "targets": ["out"]}},
+        ]
+    }
+    # fc3 is excluded where it is targeted; every layer-targeting stage counts, in the
+    # ranking's order
+    assert targeted_layers(doc, ["fc3", "fc2", "fc1", "out", "x"]) == ["fc2", "fc1", "out"]
+
+
 def test_autotune_says_so_when_no_trial_meets_the_constraint(tmp_path: Path) -> None:
     doc = _with(
         JOINT,

@@ -17,8 +17,9 @@ from typing import Any
 
 from dwindle.config import get_technique
 from dwindle.errors import DwindleError
+from dwindle.targets import matches
 
-__all__ = ["Outcome", "resolve", "seed_from_sensitivity"]
+__all__ = ["Outcome", "resolve", "seed_from_sensitivity", "targeted_layers"]
 
 _STAGE_OPTIONS = ("name", "finetune", "from", "recover")
 
@@ -92,6 +93,23 @@ def _without(doc: dict[str, Any], keep: list[str]) -> dict[str, Any]:
     return out
 
 
+def targeted_layers(doc: dict[str, Any], names: list[str]) -> list[str]:
+    """Those of ``names`` (in order) that a layer-targeting stage of ``doc`` compresses; only
+    these can be kept uncompressed by :func:`_without`."""
+    out = []
+    for n in names:
+        for stage in doc.get("stages", []):
+            name = _technique(stage)
+            if "exclude" not in get_technique(name).config.model_fields:
+                continue
+            cfg = stage[name] if isinstance(stage[name], dict) else {}
+            targets = list(cfg.get("targets") or ["*"])
+            if matches(n, targets) and not matches(n, list(cfg.get("exclude") or [])):
+                out.append(n)
+                break
+    return out
+
+
 def _closest(rows: list[dict[str, Any]], n: int = 3) -> list[dict[str, Any]]:
     done = [r for r in rows if r["state"] == "complete" and r.get("constraint_violation")]
     return sorted(done, key=lambda r: r["constraint_violation"])[:n]
@@ -129,6 +147,7 @@ def resolve(ev: Any, rows: list[dict[str, Any]], best: dict[str, Any] | None) ->
         f"({closest[0]['accuracy']:.4f}); falling back layer by layer from it"
     )
     ranking = layer_sensitivity(model, data, techniques=("prune", "bits")).ranking()
+    ranking = targeted_layers(start, ranking)  # a layer no stage touches has nothing to give
     steps = []
     for k in range(1, len(ranking) + 1):
         keep = ranking[:k]
@@ -150,7 +169,11 @@ def resolve(ev: Any, rows: list[dict[str, Any]], best: dict[str, Any] | None) ->
         if metrics["accuracy"] >= floor:
             out.summary.update(
                 constraint_met=True,
-                chosen={"fallback_from": closest[0]["number"], "kept_layers": keep, **steps[-1]},
+                chosen={
+                    "fallback_from": closest[0]["number"],
+                    "kept_layers": keep,
+                    **{k: v for k, v in steps[-1].items() if k != "kept"},
+                },
             )
             out.summary["fallback"] = steps
             out.recipe = doc
