@@ -379,3 +379,16 @@ def test_integer_path_is_exact_against_int64_reference() -> None:
     xq = packed._quantize_input(x)
     want = (xq.long() - int(packed.act_zero_point)) @ packed.codes().long().t()
     assert torch.equal(packed._int_matmul(xq).long(), want)
+
+
+def test_packed_layers_count_their_weights_not_zero() -> None:
+    """Packed codes live in buffers; parameter and non-zero counts still see every weight."""
+    from dwindle.metrics import count_nonzeros, count_params
+
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    packed = quantize_weights_(copy.deepcopy(model), LowBit(bits=4))
+    assert not list(packed.parameters())
+    assert count_params(packed) == count_params(model) == 64 * 32 + 32 + 32 * 10 + 10
+    layers = [m for m in packed.modules() if isinstance(m, PackedLayer)]
+    zeros = sum(int((m.weight() == 0).sum()) + int((m.bias == 0).sum()) for m in layers)
+    assert count_nonzeros(packed) == count_params(model) - zeros

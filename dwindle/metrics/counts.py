@@ -24,16 +24,32 @@ def _key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...]]:
     return (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
 
 
+def _own_counts(model: nn.Module, hook: str) -> tuple[int, set[int]]:
+    """Sum of ``hook()`` over the outermost modules that define it (a wrapped runtime such as an
+    onnxruntime session, or a layer holding packed weight codes in buffers), and the ids of the
+    modules they cover, whose parameters are then not counted again."""
+    total, covered = 0, set()
+    for module in model.modules():
+        if id(module) in covered:
+            continue
+        count = getattr(module, hook, None)
+        if callable(count):
+            total += int(count())
+            covered.update(id(m) for m in module.modules())
+    return total, covered
+
+
 def count_params(model: nn.Module) -> int:
-    """Number of parameter entries, counting shared (tied) tensors once. Buffers excluded."""
-    hook = getattr(model, "dwindle_param_count", None)
-    if callable(hook):  # a wrapped runtime (an onnxruntime session...) counts its own weights
-        return int(hook())
+    """Number of parameter entries, counting shared (tied) tensors once. Buffers are excluded,
+    except where a module counts its own weights (``dwindle_param_count``: packed codes)."""
+    total, covered = _own_counts(model, "dwindle_param_count")
     seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
-    total = 0
-    for p in model.parameters():
-        k = _key(p)
-        if k not in seen:
+    for module in model.modules():
+        if id(module) in covered:
+            continue
+        for p in module._parameters.values():
+            if p is None or (k := _key(p)) in seen:
+                continue
             seen.add(k)
             total += p.numel()
     return total
@@ -54,12 +70,11 @@ def _nonzeros(p: torch.Tensor, mask: torch.Tensor | None) -> int:
 
 def count_nonzeros(model: nn.Module) -> int:
     """Non-zero parameter entries; a weight with a ``<name>_mask`` buffer counts ``weight*mask``."""
-    hook = getattr(model, "dwindle_nonzero_count", None)
-    if callable(hook):  # a wrapped runtime (an onnxruntime session...) counts its own weights
-        return int(hook())
+    total, covered = _own_counts(model, "dwindle_nonzero_count")
     seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
-    total = 0
     for module in model.modules():
+        if id(module) in covered:
+            continue
         for name, p in module._parameters.items():
             if p is None:
                 continue

@@ -119,6 +119,15 @@ class PackedLayer(nn.Module):
             self._weight = w
         return self._weight
 
+    def dwindle_param_count(self) -> int:
+        """The layer's weights and bias: packing changes their bytes, not their number."""
+        return math.prod(self.weight_shape) + (0 if self.bias is None else self.bias.numel())
+
+    def dwindle_nonzero_count(self) -> int:
+        """Weights whose dequantised value is non-zero, plus non-zero bias entries."""
+        nz = int((self.weight() != 0).sum())
+        return nz + (0 if self.bias is None else int((self.bias != 0).sum()))
+
     def _integer_ok(self) -> bool:
         return self.act_scale is not None and self.codebook is None
 
