@@ -283,3 +283,30 @@ def test_onnx_without_extra_names_the_extra(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingExtraError, match=r"dwindle\[onnx\]"):
         check_onnx(tmp_path / "m.onnx", mlp(), torch.randn(1, 8))
+
+
+class _Opaque(nn.Module):
+    """Computes outside torch (as a wrapped runtime does): tracing sees a constant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        return torch.tensor(np.asarray(x.tolist()) * 2.0, dtype=torch.float32)
+
+
+@needs_ort
+def test_onnx_export_refuses_a_graph_that_ignores_its_input(tmp_path: Path) -> None:
+    with pytest.raises(DwindleError, match=r"takes 0 input\(s\) but the model was called with 1"):
+        export_onnx(_Opaque(), torch.randn(2, 8), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@needs_ort
+def test_onnx_export_of_an_onnxruntime_int8_model_writes_its_own_graph(tmp_path: Path) -> None:
+    import dwindle as dw
+    from dwindle.quantization import Int8Static
+
+    q = dw.quantize(mlp().eval(), Int8Static(), calibration=torch.randn(64, 8))
+    path = export_onnx(q, torch.randn(2, 8), tmp_path / "q.onnx")
+    assert path.read_bytes() == q.onnx_bytes
+    assert check_onnx(path, q, torch.randn(5, 8)) == 0.0

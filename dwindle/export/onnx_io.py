@@ -11,13 +11,14 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from dwindle._imports import require
 from dwindle.errors import DwindleError
-from dwindle.export.atomic import atomic_write
+from dwindle.export.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["check_onnx", "export_onnx"]
 
@@ -121,7 +122,10 @@ def export_onnx(
     Tries the ``torch.export``-based exporter first and falls back to the TorchScript one.
     The caller's model is untouched: an eval-mode deep copy is exported.
     """
-    require("onnx", "onnx", "ONNX export")
+    onnx = require("onnx", "onnx", "ONNX export")
+    own = getattr(model, "onnx_bytes", None)
+    if isinstance(own, bytes):  # already an ONNX graph (onnxruntime int8): write it as it is
+        return atomic_write_bytes(path, own)
     args = _as_tuple(model, example_input)
     target = Path(path)
     with torch.no_grad():
@@ -132,6 +136,12 @@ def export_onnx(
         def write(tmp: Path, exporter=exporter) -> None:
             with _quiet():
                 exporter(clone, args, tmp, opset)
+            inputs = _graph_inputs(onnx, tmp)
+            if inputs != len(args):  # e.g. a traced wrapper whose runtime torch cannot see
+                raise ValueError(
+                    f"the exported graph takes {inputs} input(s) but the model was called "
+                    f"with {len(args)}: its computation is not visible to the exporter"
+                )
 
         try:
             return atomic_write(target, write)
@@ -145,6 +155,13 @@ def export_onnx(
         + "\nhint: replace or register the unsupported operator, or export the model before "
         "a technique that adds custom ops"
     )
+
+
+def _graph_inputs(onnx: Any, path: Path) -> int:
+    """Inputs of the graph at ``path`` that are fed at run time (initializers excluded)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fixed = {t.name for t in graph.initializer}
+    return sum(1 for i in graph.input if i.name not in fixed)
 
 
 def check_onnx(
