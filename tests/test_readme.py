@@ -29,11 +29,3 @@ def test_readme_has_exactly_two_setup_commands_and_ci_uses_the_test_one() -> Non
     cmd = subprocess.run(["bash", "-c", extract], cwd=ROOT, capture_output=True, text=True).stdout
     assert cmd.strip() == bash_blocks[1].strip()
     assert "pytest" in cmd
-
-
-def test_docs_python_snippets_run() -> None:
-    docs = sorted((ROOT / "docs").glob("*.md"))
-    assert docs
-    for doc in docs:
-        for code in re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S):
-            exec(compile(code, str(doc), "exec"), {})

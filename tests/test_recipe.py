@@ -97,3 +97,12 @@ def test_bundled_and_example_recipes_validate() -> None:
         *sorted((root / "examples").glob("*.yaml")),
     ]:
         assert load_recipe(path).model is not None
+
+
+def test_bare_yaml_off_skips_energy(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``energy: off`` as False; the documented spelling must still work."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {zoo: mlp}\ndata: {name: digits}\nmeasure: {energy: off}\n")
+    assert load_recipe(path).measure.energy == "off"
+    with pytest.raises(ConfigError, match=r"energy: Input should be 'auto'"):
+        load_recipe(dict(BASE, measure={"energy": True}))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from dwindle._version import __version__
@@ -53,6 +53,12 @@ class MeasureConfig(Config):
     accuracy: bool = True
     split: str = "test"
     memory: bool = True
+
+    @field_validator("energy", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``energy: off`` as ``False``: take it as ``"off"``."""
+        return "off" if value is False else value
 
 
 @dataclass
