@@ -317,3 +317,17 @@ def test_ort_float_serves_the_float_model_with_its_own_artifact(conv_model, digi
     size, fmt = artifact_bytes(served)
     assert fmt == "onnx-ort"
     assert 0.9 * 4 * count_params(conv_model) < size < 2 * 4 * count_params(conv_model)
+
+
+def test_options_a_backend_or_mode_would_ignore_are_refused() -> None:
+    with pytest.raises(ConfigError, match="per channel only"):
+        Int8Static(backend="torchao", per_channel=False)
+    with pytest.raises(ConfigError, match="per channel only"):
+        Int8Dynamic(backend="torchao", per_channel=False)
+    with pytest.raises(ConfigError, match="method='entropy' chooses how onnxruntime"):
+        Int8Static(backend="torchao", method="entropy")
+    with pytest.raises(ConfigError, match="method='percentile' chooses how onnxruntime"):
+        Int8Dynamic(method="percentile")
+    with pytest.raises(ConfigError, match="drop calibration_samples"):
+        Int8Dynamic(calibration_samples=64)
+    assert Int8Static(method="entropy", per_channel=False).method == "entropy"  # both used

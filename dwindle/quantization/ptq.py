@@ -71,6 +71,22 @@ class PTQ(TargetedConfig):
                 f"backend (got mode={self.mode!r}, backend={self.backend!r}); drop onnx_format "
                 "or use Int8Static(backend='onnxruntime', onnx_format='qoperator')"
             )
+        # options a combination would ignore are errors, so a setting never silently vanishes
+        if self.backend == "torchao" and not self.per_channel:
+            raise ValueError(
+                "the torchao backend quantizes weights per channel only: drop "
+                "per_channel=False, or use backend='onnxruntime' for per-tensor weights"
+            )
+        if self.method != "minmax" and (self.backend != "onnxruntime" or self.mode != "static"):
+            raise ValueError(
+                f"method={self.method!r} chooses how onnxruntime calibrates static int8 "
+                f"(got mode={self.mode!r}, backend={self.backend!r}); drop method"
+            )
+        if "calibration_samples" in self.model_fields_set and self.mode == "dynamic":
+            raise ValueError(
+                "dynamic int8 calibrates nothing (activations are quantized per batch at run "
+                "time): drop calibration_samples"
+            )
         return self
 
 
@@ -237,7 +253,11 @@ def _quantize_stage(model: nn.Module, config: PTQ, context: StageContext) -> nn.
     context.note(
         f"quantize: {getattr(out, 'scheme', config.mode)} ran on backend "
         f"{out.dwindle_backend}"
-        + (f" ({len(calibration)} calibration samples)" if calibration is not None else "")
+        + (
+            f" ({len(calibration)} calibration samples)"
+            if calibration is not None and config.mode == "static"
+            else ""
+        )
         + (f"; kept in float: {', '.join(kept)}" if kept else "")
         + ". The int8 model is inference-only: a later stage that trains (fine-tuning, "
         "pruning with recovery, QAT) cannot run on it, so put quantize last."

@@ -64,8 +64,9 @@ class QAT(TargetedConfig):
     ``weight_bits``/``weight_method``: uniform 2–8-bit, ternary (2) or binary (1) weights.
     ``act_bits``: None keeps activations float, 1 binarises them (BNN), 2–8 quantises them
     (affine, per tensor, observed by ``act_observer``). ``fold_bn`` folds each BN into the
-    layer before it. ``freeze_bn_epoch``/``freeze_observer_epoch``: from that epoch on BN
-    uses its running statistics and activation ranges stop moving (Jacob et al. 2018). At 2
+    layer before it. ``freeze_bn_epoch``/``freeze_observer_epoch`` = N: after N epochs (from
+    epoch N + 1, epochs counting from 1; 0 = from the start) BN uses its running statistics
+    and activation ranges stop moving (Jacob et al. 2018). At 2
     bits or ternary, freezing BN from epoch 0 stalls learning (the frozen statistics no longer
     fit the coarsely quantised outputs); let BN use batch statistics for the first epochs there.
     ``train`` is the QAT schedule; ``convert`` returns the packed integer model.
