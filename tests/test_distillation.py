@@ -301,3 +301,15 @@ def test_recover_with_distillation_restores_accuracy(digits: Any) -> None:
     )
     assert steps.n > 0
     assert dw.evaluate(damaged, digits)["accuracy"] > max(low + 0.05, 0.85)
+
+
+def test_recovery_takes_its_schedule_once(digits: Any) -> None:
+    model, teacher = _mlp(digits, (8,)), _mlp(digits, (16,)).eval()
+    own = recover_with_distillation(
+        model, teacher, digits, None, {"train": {**FAST, "epochs": 2}, "alpha": 0.5}
+    )
+    assert len(own.history) == 2  # the distill settings' schedule runs when it is the only one
+    with pytest.raises(ConfigError, match="two schedules"):
+        recover_with_distillation(model, teacher, digits, FAST, {"train": FAST})
+    with pytest.raises(ConfigError, match=r"distill\.train is not used"):
+        dw.Prune(method="magnitude", ratio=0.5, finetune=FAST, distill={"train": FAST})

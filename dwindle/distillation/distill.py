@@ -293,7 +293,14 @@ def recover_with_distillation(
     "fc1"}]``.
     """
     cfg = DistillConfig.from_dict(distill_config) if distill_config is not None else None
-    tcfg = train_config if train_config is not None else TrainConfig(lr=0.01, epochs=1)
+    own = cfg.train if cfg is not None else None
+    if own is not None and train_config is not None:
+        raise ConfigError(
+            "recovery by distillation got two schedules: the distill settings' train and the "
+            "fine-tuning schedule (a stage's finetune, or Prune's finetune); give it once, "
+            "as the fine-tuning schedule"
+        )
+    tcfg = train_config if train_config is not None else own or TrainConfig(lr=0.01, epochs=1)
     return distill(model, teacher, data, cfg, train=tcfg, callbacks=callbacks)
 
 

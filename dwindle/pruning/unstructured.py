@@ -153,6 +153,11 @@ class Prune(TargetedConfig):
                 raise ValueError("end_epoch must be after start_epoch")
         elif self.method in ("magnitude", "block") and self.ratio is None:
             raise ValueError(f"method {self.method!r} needs ratio in [0, 1) (e.g. ratio: 0.9)")
+        if self.distill is not None and self.distill.train is not None:
+            raise ValueError(
+                "distill.train is not used: Prune's retraining follows finetune; move the "
+                "schedule to finetune: {epochs: N, lr: ...}"
+            )
         if self.distill is not None and self.finetune is None:
             raise ValueError(
                 "distill retrains with the unpruned model as teacher: give finetune: "
