@@ -157,7 +157,8 @@ class StageContext:
 
     ``data`` is a :class:`dwindle.data.DataBundle` (or None for data-free stages), ``baseline``
     the uncompressed model (a teacher for recovery), ``finetune`` a callable that fine-tunes
-    a model on ``data`` with the trainer (``finetune(model, **train_overrides)``).
+    a model on ``data`` with the trainer (``finetune(model, **train_overrides)``), ``resolve``
+    maps a path written in the recipe to the file it names (relative to the recipe's folder).
     """
 
     data: Any = None
@@ -166,6 +167,8 @@ class StageContext:
     out_dir: Path | None = None
     finetune: Callable[..., Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # a recipe's paths (e.g. a teacher's weights) resolved against the recipe's directory
+    resolve: Callable[[str | None], str | None] = field(default=lambda path: path)
 
     def note(self, message: str) -> None:
         """Record a remark that ends up in the run's report (e.g. a skipped layer)."""

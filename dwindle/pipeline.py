@@ -239,6 +239,7 @@ def run_recipe(
         baseline=baseline,
         out_dir=out,
         finetune=lambda m, **kw: finetune(m, data, **kw),
+        resolve=recipe.resolve,
     )
     models: dict[str, nn.Module] = {BASELINE: baseline}
     current = baseline

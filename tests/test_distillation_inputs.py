@@ -156,3 +156,25 @@ def test_stage_peers_extra_teachers_and_pruned_student(digits: Any, teacher: nn.
     assert sum("distill:" in n for n in ctx.notes) == 3
     with pytest.raises(ConfigError, match="exactly one of 'zoo'"):
         DistillConfig(student={"zoo": "mlp", "prune_teacher": 0.5})
+
+
+def test_recipe_teacher_weights_resolve_against_the_recipe_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    other = dw.zoo.create("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[12])
+    dw.export.save(other, folder / "other.safetensors")
+    (folder / "r.yaml").write_text(
+        "model: {zoo: mlp, args: {hidden: [16]}}\n"
+        "data: {name: digits, limit: 200}\n"
+        "baseline: {train: {epochs: 1, progress: false}}\n"
+        "measure: {batch_sizes: [1], runs: 2, warmup: 0, energy: off, memory: false}\n"
+        "stages:\n"
+        "  - distill:\n"
+        "      teachers: [baseline, {zoo: mlp, args: {hidden: [12]}, weights: other.safetensors}]\n"
+        "      train: {epochs: 1, progress: false}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder: the weights are found anyway
+    result = run_recipe(folder / "r.yaml", tmp_path / "run")
+    assert any("2 teacher(s)" in n for n in result.report["notes"])

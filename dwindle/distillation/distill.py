@@ -9,6 +9,7 @@ afterwards, so the student keeps its own architecture.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -313,7 +314,8 @@ def _teacher_models(cfg: DistillConfig, context: StageContext) -> list[nn.Module
             out.append(context.baseline.eval())  # the pipeline's baseline: no warning due
         else:
             assert isinstance(item, ModelSource)
-            out.append(build_model_from(item, context.baseline, context.data).eval())
+            model = build_model_from(item, context.baseline, context.data, context.resolve)
+            out.append(model.eval())
     return out
 
 
@@ -324,13 +326,14 @@ def _distill_stage(model: nn.Module, config: DistillConfig, context: StageContex
     data = context.data
     teachers = _teacher_models(config, context) if not config.peers else []
     first = teachers[0] if teachers else context.baseline
-    student = model if config.student is None else build_model_from(config.student, first, data)
+    build = functools.partial(build_model_from, data=data, resolve=context.resolve)
+    student = model if config.student is None else build(config.student, first)
     if config.peers:
-        peers = [build_model_from(p, context.baseline, data) for p in config.peers]
+        peers = [build(p, context.baseline) for p in config.peers]
         result = mutual_learning([student, *peers], data, config)
         how = f"deep mutual learning with {len(peers)} peer(s)"
     elif config.assistant is not None:
-        assistant = build_model_from(config.assistant, first, data)
+        assistant = build(config.assistant, first)
         results = distill_chain([teachers[0], assistant, student], data, config)
         result, how = results[-1], "teacher → assistant → student"
     else:
@@ -339,7 +342,9 @@ def _distill_stage(model: nn.Module, config: DistillConfig, context: StageContex
     params = sum(p.numel() for p in student.parameters())
     acc = f", val accuracy {result.val_accuracy:.4f}" if result.val_accuracy is not None else ""
     context.note(
-        f"distill: {how}, loss {config.loss}, T={config.temperature}, α={config.alpha}, "
+        f"distill: {how}, "
+        + ("loss: labels + KL to the peers' mean" if config.peers else f"loss {config.loss}")
+        + f", T={config.temperature}, α={config.alpha}, "
         f"transfer {config.transfer.source}; student {type(student).__name__} with "
         f"{params} parameters{acc}"
     )

@@ -10,6 +10,7 @@ channels removed by structured (L1 filter) pruning, which keeps the teacher's le
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,8 +85,14 @@ def pruned_copy(teacher: nn.Module, ratio: float, example_input: torch.Tensor) -
     return student
 
 
-def build_model_from(source: ModelSource, teacher: nn.Module | None, data: Any) -> nn.Module:
-    """Build the model ``source`` describes, sized for ``data``."""
+def build_model_from(
+    source: ModelSource,
+    teacher: nn.Module | None,
+    data: Any,
+    resolve: Callable[[str | None], str | None] = lambda path: path,
+) -> nn.Module:
+    """Build the model ``source`` describes, sized for ``data``; ``resolve`` maps its ``path``
+    and ``weights`` to files (a recipe's: relative to the recipe's folder)."""
     from dwindle.models import build_model
 
     if source.prune_teacher is not None:
@@ -96,5 +103,5 @@ def build_model_from(source: ModelSource, teacher: nn.Module | None, data: Any) 
     args.setdefault("num_classes", data.num_classes)
     if source.zoo is not None:
         args.setdefault("input_shape", tuple(data.input_shape))
-    spec = source.zoo if source.zoo is not None else str(source.path)
-    return build_model(spec, weights=source.weights, **args)
+    spec = source.zoo if source.zoo is not None else str(resolve(source.path))
+    return build_model(spec, weights=resolve(source.weights), **args)
