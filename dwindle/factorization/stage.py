@@ -64,7 +64,9 @@ class Factorize(TargetedConfig):
     in (0, 1]) or ``ratio`` (keep at most this fraction of the layer's parameters, which for
     linear layers is also the FLOPs fraction). ``sparse_fraction`` is the share of the
     original weights kept in S for ``lowrank_sparse`` (Yu et al. 2017); S is held as a masked
-    dense tensor, so it saves parameters and non-zeros, not bytes, unless exported sparse.
+    dense tensor beside the factors, so the layer's parameters (and dense bytes) grow: only its
+    non-zeros, which the rank is chosen against, shrink, and its bytes only when saved in the
+    sparse format.
     """
 
     method: Method = "svd"
@@ -157,7 +159,7 @@ def _plan(name: str, layer: nn.Module, cfg: Factorize) -> tuple[nn.Module | None
     budget = (lambda r: cost(r) + extra) if extra else cost
     r = choose_rank(values, budget, full_cost=full, **rules)
     total = budget(r)
-    desc = f"rank {r}: {int(total)} vs {full} params"
+    desc = f"rank {r}: {int(total)} vs {full} {'non-zeros' if extra else 'params'}"
     if total >= full:
         return None, desc
     if cfg.method == "svd":
