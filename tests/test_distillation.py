@@ -227,9 +227,15 @@ def test_transfer_sets(digits: Any, source: str) -> None:
     ts = build_transfer_set(digits, cfg)
     x, y = ts.split("train")
     assert x.shape[1:] == digits.x_train.shape[1:]
-    if source in ("train", "heldout"):
-        split = "train" if source == "train" else "val"
-        assert len(x) == round(digits.size(split) * 0.5) and (y >= 0).all()
+    if source == "train":
+        assert len(x) == round(digits.size("train") * 0.5) and (y >= 0).all()
+    elif source == "heldout":  # a quarter of the validation split stays validation
+        n_val = digits.size("val") // 4
+        assert len(x) == round((digits.size("val") - n_val) * 0.5) and (y >= 0).all()
+        x_val, _ = ts.split("val")
+        assert len(x_val) == n_val
+        seen = {tuple(v.flatten().tolist()) for v in x}
+        assert not any(tuple(v.flatten().tolist()) in seen for v in x_val)
     else:
         assert (y == IGNORE_LABEL).all()
     if source == "mixup":

@@ -2,7 +2,8 @@
 
 Which data to distil on is a real choice (Hinton et al. 2015 §3 distil on the training set,
 Ba & Caruana 2014 on unlabelled data, Buciluǎ et al. 2006 on synthetic samples), so it is a
-config value: ``train``, ``heldout`` (the validation split, unseen by the teacher),
+config value: ``train``, ``heldout`` (three quarters of the validation split, unseen by the
+teacher; the last quarter, chosen by ``seed``, stays the student's validation data),
 ``unlabelled`` (given inputs, or the training inputs with their labels dropped), ``noise``
 (Gaussian inputs with the training data's per-feature mean and std) or ``mixup`` (convex
 mixes of two training inputs). Synthetic and unlabelled samples carry the label
@@ -111,10 +112,15 @@ def build_transfer_set(
     """
     cfg = config or TransferConfig()
     gen = torch.Generator().manual_seed(cfg.seed)
+    x_val, y_val = data.x_val, data.y_val
     if cfg.source == "train":
         x, y = data.split("train")
-    elif cfg.source == "heldout":
+    elif cfg.source == "heldout":  # validation must not be the inputs the student learns on
         x, y = data.split("val")
+        order = torch.randperm(len(y), generator=gen)
+        n_val = len(y) // 4
+        x_val, y_val = x[order[:n_val].sort().values], y[order[:n_val].sort().values]
+        x, y = x[order[n_val:].sort().values], y[order[n_val:].sort().values]
     elif cfg.source == "unlabelled":
         if inputs is None and cfg.path is not None:
             inputs = load_inputs(cfg.path)
@@ -139,8 +145,8 @@ def build_transfer_set(
         name=f"{data.name}:{cfg.source}",
         x_train=x.float(),
         y_train=y.long(),
-        x_val=data.x_val,
-        y_val=data.y_val,
+        x_val=x_val,
+        y_val=y_val,
         x_test=data.x_test,
         y_test=data.y_test,
         num_classes=data.num_classes,
