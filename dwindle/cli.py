@@ -53,6 +53,15 @@ def demo(
 
     recipe_path = resources.files("dwindle") / "recipes" / "demo.yaml"
     try:
+        from dwindle.errors import OutputDirError
+        from dwindle.run_dir import run_name
+
+        if (out / "state.json").exists() and run_name(out) != "demo":
+            # the demo starts over in its own earlier run directory, never in another run's
+            raise OutputDirError(
+                f"{out} holds a run that is not the demo's; the demo would replace it: pass "
+                "another --out (or delete that directory)"
+            )
         with resources.as_file(recipe_path) as path:
             result = run_recipe(path, out, overwrite=True, console=console)
     except DwindleError as exc:

@@ -28,10 +28,10 @@ from dwindle.errors import (
     ConfigError,
     DwindleError,
     MissingExtraError,
-    OutputDirError,
 )
 from dwindle.export import atomic_write, atomic_write_bytes, ensure_dir
 from dwindle.recipe import Recipe, Stage, load_recipe
+from dwindle.run_dir import prepare_out_dir, read_state
 
 __all__ = ["RunResult", "build_model_and_data", "run_recipe", "run_stage"]
 
@@ -65,16 +65,16 @@ def _sha256(path: Path) -> str:
 class _RunState:
     """``state.json``: which steps are finished, their checkpoint files and hashes."""
 
-    def __init__(self, out_dir: Path, recipe_hash: str) -> None:
+    def __init__(self, out_dir: Path, recipe_hash: str, recipe_name: str) -> None:
         self.path = out_dir / "state.json"
         self.ckpt_dir = out_dir / "checkpoints"
-        self.recipe_hash = recipe_hash
+        self.recipe_hash, self.recipe_name = recipe_hash, recipe_name
         self.done: dict[str, dict[str, str]] = {}
 
     def load(self) -> None:
-        if not self.path.exists():
+        state = read_state(self.path.parent)
+        if state is None:
             return
-        state = json.loads(self.path.read_text())
         if state.get("recipe_hash") != self.recipe_hash:
             raise ConfigError(
                 f"cannot resume in {self.path.parent}: the recipe changed since that run started. "
@@ -87,7 +87,7 @@ class _RunState:
         path = self.ckpt_dir / f"{key}.pt"
         atomic_write(path, lambda p: torch.save(model, p))
         self.done[key] = {"file": path.name, "sha256": _sha256(path)}
-        doc = {"recipe_hash": self.recipe_hash, "done": self.done}
+        doc = {"recipe_hash": self.recipe_hash, "recipe_name": self.recipe_name, "done": self.done}
         atomic_write_bytes(self.path, json.dumps(doc, indent=2).encode())
 
     def load_model(self, key: str) -> nn.Module | None:
@@ -102,30 +102,6 @@ class _RunState:
             )
         # Safe: our own file, verified by the hash recorded when we wrote it (see module doc).
         return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    state = out_dir / "state.json"
-    if state.exists() and not resume and not overwrite:
-        raise OutputDirError(
-            f"{out_dir} already holds a run. Pass --resume to continue it, --overwrite to start "
-            "over, or --out to choose another directory."
-        )
-    ensure_dir(out_dir)
-    probe = out_dir / ".dwindle-write-test"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputDirError(
-            f"cannot write to output directory {out_dir}: {exc.strerror}"
-        ) from None
-    if overwrite and not resume:
-        if state.exists():
-            state.unlink()
-        ckpts = out_dir / "checkpoints"
-        for old in ckpts.glob("*.pt") if ckpts.exists() else []:
-            old.unlink()
 
 
 def build_model_and_data(recipe: Recipe) -> tuple[nn.Module, Any]:
@@ -210,10 +186,16 @@ def run_recipe(
     if len(set(labels)) != len(labels):
         raise ConfigError(f"recipe.stages: stage names must be unique, got {labels}")
     out = Path(out_dir) if out_dir is not None else Path("runs") / recipe.name
-    _prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    inputs = [recipe.resolve(recipe.model.weights), recipe.resolve(recipe.model.spec)]
+    prepare_out_dir(
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        inputs=[str(p).partition(":")[0] for p in inputs if p],
+    )
     recipe_doc = recipe.model_dump(mode="json", exclude={"base_dir"})
     recipe_hash = hashlib.sha256(json.dumps(recipe_doc, sort_keys=True).encode()).hexdigest()
-    state = _RunState(out, recipe_hash)
+    state = _RunState(out, recipe_hash, recipe.name)
     if resume:
         state.load()
 
