@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from dwindle.errors import DwindleError
+from dwindle.errors import CheckpointError, DwindleError, OutputDirError
 
 app = typer.Typer(
     name="dwindle",
@@ -53,7 +53,6 @@ def demo(
 
     recipe_path = resources.files("dwindle") / "recipes" / "demo.yaml"
     try:
-        from dwindle.errors import OutputDirError
         from dwindle.run_dir import run_name
 
         if (out / "state.json").exists() and run_name(out) != "demo":
@@ -130,9 +129,12 @@ def measure(
     from dwindle.report import print_table
 
     try:
-        from dwindle.training.evaluate import resolve_device
+        import torch
+
+        from dwindle.training.evaluate import checked_forward, resolve_device
 
         dev = resolve_device(device)  # before loading anything: a missing GPU fails fast
+        _check_json_target(json_out, [weights, Path(model.partition(":")[0])])
         bundle = data_mod.load(data, root)
         kwargs = _parse_args(arg or [])
         kwargs.setdefault("num_classes", bundle.num_classes)
@@ -140,6 +142,8 @@ def measure(
             kwargs.setdefault("input_shape", bundle.input_shape)
         net = build_model(model, weights=weights, strip_prefix=strip_prefix, **kwargs).to(dev)
         config = MeasureConfig.from_dict({"energy": energy}, "measure")
+        with torch.no_grad():  # a model that does not fit the data fails here, clearly
+            checked_forward(net.eval(), bundle.example_input(2).to(dev), bundle)
         report = measure_model(net, bundle, config=config, name=model).to_dict()
         if json_out is not None:
             from dwindle.export import atomic_write_bytes
@@ -148,6 +152,20 @@ def measure(
     except DwindleError as exc:
         _fail(exc)
     print_table(report, console=console)
+
+
+def _check_json_target(path: Path | None, inputs: list[Path | None]) -> None:
+    """``--json`` must name a writable file that is none of the inputs (checked up front)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise OutputDirError(f"--json {path} is a directory; give a file name such as m.json")
+    for item in inputs:
+        if item is not None and path.exists() and item.exists() and path.samefile(item):
+            raise OutputDirError(
+                f"--json {path} is an input of this command; writing the metrics there would "
+                "destroy it: give another file name"
+            )
 
 
 @app.command()
@@ -160,7 +178,10 @@ def report(
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         _fail(FileNotFoundError(f"{metrics} not found: is {run_dir} a dwindle run directory?"))
-    doc = json.loads(metrics.read_text())
+    try:
+        doc = json.loads(metrics.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _fail(CheckpointError(f"{metrics} is not valid JSON ({exc}); re-run the recipe"))
     try:
         files = write_report(doc, run_dir)
     except DwindleError as exc:

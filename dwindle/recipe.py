@@ -93,8 +93,9 @@ class BaselineSpec(Config):
 class Recipe(Config):
     """A validated recipe. ``stages`` hold raw dicts; :meth:`parsed_stages` validates them."""
 
-    name: str = "run"
-    seed: int = 0
+    # a plain folder name: runs go to runs/<name> by default
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's seed range
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)

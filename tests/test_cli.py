@@ -91,6 +91,34 @@ def test_report_on_non_run_dir(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "metrics.json" in result.output
 
 
+def test_measure_refuses_bad_targets_and_misfit_models_without_traceback(tmp_path: Path) -> None:
+    from dwindle.export import save
+    from dwindle.models import create
+
+    mine = tmp_path / "mine.safetensors"
+    save(create("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[16]), mine)
+    before = mine.read_bytes()
+    base = ["measure", "mlp", "--data", "digits", "--arg", "hidden=16", "--energy", "off"]
+    cases = [
+        (["--weights", str(mine), "--json", str(mine)], "is an input of this command"),
+        (["--json", str(tmp_path)], "is a directory"),
+        (["--weights", str(tmp_path)], "is a directory; give the weights file"),
+        (["--arg", "input_shape=1,2"], "build the model for input_shape=(1, 8, 8)"),
+    ]
+    for extra, words in cases:
+        result = runner.invoke(app, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())  # rich wraps long lines
+        assert words in text and "Traceback" not in text
+    assert mine.read_bytes() == before
+
+
+def test_report_of_a_corrupt_metrics_file(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text('{"rows": [')
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "is not valid JSON" in " ".join(result.output.split())
+
+
 @pytest.mark.timeout(900)
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"

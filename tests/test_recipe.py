@@ -106,3 +106,12 @@ def test_bare_yaml_off_skips_energy(tmp_path: Path) -> None:
     assert load_recipe(path).measure.energy == "off"
     with pytest.raises(ConfigError, match=r"energy: Input should be 'auto'"):
         load_recipe(dict(BASE, measure={"energy": True}))
+
+
+def test_seed_and_name_are_checked_with_the_recipe() -> None:
+    with pytest.raises(ConfigError, match=r"recipe\.seed: Input should be greater than or equal"):
+        load_recipe(dict(BASE, seed=-1))
+    for bad in ("../../escape", ""):  # the name becomes runs/<name>: no path tricks
+        with pytest.raises(ConfigError, match=r"recipe\.name: String should match pattern"):
+            load_recipe(dict(BASE, name=bad))
+    assert load_recipe(dict(BASE, name="digits-joint_v2.1")).name == "digits-joint_v2.1"

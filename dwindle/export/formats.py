@@ -260,6 +260,8 @@ def load_weights(
     Raises :class:`CheckpointError` naming missing/unexpected keys and shape mismatches.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} is a directory; give the weights file")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist; check the path")
     if _is_safetensors(p):
