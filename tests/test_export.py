@@ -310,3 +310,23 @@ def test_onnx_export_of_an_onnxruntime_int8_model_writes_its_own_graph(tmp_path:
     path = export_onnx(q, torch.randn(2, 8), tmp_path / "q.onnx")
     assert path.read_bytes() == q.onnx_bytes
     assert check_onnx(path, q, torch.randn(5, 8)) == 0.0
+
+
+def test_load_weights_reads_dwindle_sparse_files_and_explains_the_rest(tmp_path: Path) -> None:
+    import dwindle as dw
+
+    model = mlp()
+    dw.prune_(model, dw.Prune(method="magnitude", ratio=0.5))
+    path = save(model, tmp_path / "m.sparse")
+    fresh = mlp()
+    load_weights(fresh, path)  # recognised by its magic bytes, loaded by its own loader
+    assert torch.equal(fresh[0].weight, model[0].weight * model[0].weight_mask)
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"\x08\x07")
+    with pytest.raises(CheckpointError, match="is an ONNX model: it runs in onnxruntime"):
+        load_weights(fresh, onnx_file)
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(200, 256)) * 3)
+    with pytest.raises(CheckpointError, match="never unpickles") as info:
+        load_weights(fresh, junk)
+    assert "weights_only" not in str(info.value)  # no advice to turn the safety off

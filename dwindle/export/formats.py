@@ -139,9 +139,13 @@ def _read_torch(path: Path) -> Any:
         # torch words every failure "Weights only load failed"; a refused class names a global.
         if re.search(r"Unsupported global|allowed global", str(exc)):
             raise CheckpointError(_refusal_message(path, exc)) from None
+        # torch's text goes on to advise weights_only=False, which would run the file's code
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(exc))
+        reason = found.group(1).strip() if found else "not a pickle torch can read safely"
         raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r}: {exc}; is it a torch.save or safetensors file?"
-        ) from exc
+            f"cannot read checkpoint {str(path)!r}: {reason}; it is neither a safetensors file "
+            "nor a torch.save state dict (dwindle never unpickles arbitrary objects)"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r}: {exc}; is it a torch.save or safetensors file?"
@@ -249,6 +253,28 @@ def _common_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
     return None
 
 
+# dwindle's own artifact files, recognised by their first bytes
+_MAGICS = {b"DWSPARS1": "sparse", b"DWDC": "deepc"}
+
+
+def _own_format(model: nn.Module, path: Path) -> bool:
+    """Load ``path`` with its format's loader when it is one of dwindle's own artifacts (a
+    sparse or deepc file); refuse an ONNX file, which holds a graph for onnxruntime."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    for magic, name in _MAGICS.items():
+        if head.startswith(magic) and name in _FORMATS and _FORMATS[name].load is not None:
+            _FORMATS[name].load(model, path)  # type: ignore[misc]
+            return True
+    if path.suffix in (".onnx", ".onnx-int8"):
+        raise CheckpointError(
+            f"{str(path)!r} is an ONNX model: it runs in onnxruntime "
+            "(onnxruntime.InferenceSession, or dwindle.export.check_onnx), and holds no torch "
+            "weights to load; load the safetensors artifact of the same run instead"
+        )
+    return False
+
+
 def load_weights(
     model: nn.Module, path: str | os.PathLike[str], *, strip_prefix: str | None = None
 ) -> None:
@@ -264,6 +290,8 @@ def load_weights(
         raise CheckpointError(f"checkpoint {str(p)!r} is a directory; give the weights file")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist; check the path")
+    if _own_format(model, p):
+        return
     if _is_safetensors(p):
         from safetensors.torch import load_file
 
