@@ -190,15 +190,33 @@ def _default_label(name: str, config: Config, index: int) -> str:
     return f"{index + 1}-{name}" + (f"-{key}" if key else "")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing a key given twice in one mapping (plain YAML keeps the last,
+    so ``{ratio: 0.5, ratio: 0.9}`` would silently mean 0.9)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {line}); keep one", None
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: Path, what: str = "recipe", hint: str = "") -> dict[str, Any]:
     """The YAML mapping in ``path``; a ConfigError naming ``what`` if missing, invalid or a
     non-mapping (``hint`` is appended to that last message, e.g. " with a 'model' key")."""
     if not path.is_file():
         raise ConfigError(f"{what} file {str(path)!r} does not exist (cwd: {Path.cwd()})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from None
+        message = str(exc).replace('"<unicode string>"', f'"{path}"')
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {message}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(path)!r} must be a YAML mapping{hint}")
     return data

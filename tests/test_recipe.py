@@ -115,3 +115,13 @@ def test_seed_and_name_are_checked_with_the_recipe() -> None:
         with pytest.raises(ConfigError, match=r"recipe\.name: String should match pattern"):
             load_recipe(dict(BASE, name=bad))
     assert load_recipe(dict(BASE, name="digits-joint_v2.1")).name == "digits-joint_v2.1"
+
+
+def test_a_key_given_twice_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "model: {zoo: mlp}\ndata: {name: digits}\n"
+        "stages:\n  - prune: {method: magnitude, ratio: 0.5, ratio: 0.9}\n"
+    )
+    with pytest.raises(ConfigError, match=r"key 'ratio' is given twice \(line 4\)"):
+        load_recipe(path)

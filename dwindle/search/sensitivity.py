@@ -204,18 +204,15 @@ def recipe_sensitivity(
     Writes ``sensitivity.md`` (tables) and ``sensitivity.png`` (plots) to ``out_dir``; a
     ``search:`` section in the recipe is ignored.
     """
-    import yaml
 
     from dwindle.export import atomic_write_bytes, ensure_dir
     from dwindle.pipeline import build_model_and_data
-    from dwindle.recipe import load_recipe
+    from dwindle.recipe import load_recipe, read_yaml_mapping
     from dwindle.training import train
 
     if not isinstance(recipe, dict):
         path = Path(recipe)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {str(path)!r} does not exist")
-        doc = yaml.safe_load(path.read_text())
+        doc = read_yaml_mapping(path)
         doc["base_dir"] = str(path.resolve().parent)
     else:
         doc = dict(recipe)
