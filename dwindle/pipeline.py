@@ -165,6 +165,24 @@ def run_stage(
     return out
 
 
+def _check_devices(doc: Any, where: str = "recipe") -> None:
+    """Every ``device`` the recipe names, anywhere in it, must exist on this machine."""
+    from dwindle.training.evaluate import resolve_device
+
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key == "device" and isinstance(value, str):
+                try:
+                    resolve_device(value)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}.device: {exc}") from None
+            else:
+                _check_devices(value, f"{where}.{key}")
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            _check_devices(item, f"{where}[{i}]")
+
+
 def run_recipe(
     recipe: Recipe | str | Path | dict[str, Any],
     out_dir: str | Path | None = None,
@@ -194,6 +212,7 @@ def run_recipe(
         inputs=[str(p).partition(":")[0] for p in inputs if p],
     )
     recipe_doc = recipe.model_dump(mode="json", exclude={"base_dir"})
+    _check_devices(recipe_doc)  # before any training: a missing GPU must not cost a baseline
     recipe_hash = hashlib.sha256(json.dumps(recipe_doc, sort_keys=True).encode()).hexdigest()
     state = _RunState(out, recipe_hash, recipe.name)
     if resume:

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dwindle.cli import app
-from dwindle.errors import CheckpointError, OutputDirError
+from dwindle.errors import CheckpointError, ConfigError, OutputDirError
 from dwindle.pipeline import run_recipe
 
 MEASURE = {"batch_sizes": [1], "runs": 2, "warmup": 0, "energy": "off", "memory": False}
@@ -78,3 +79,11 @@ def test_demo_refuses_to_replace_another_run(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "not the demo's" in result.output and "Traceback" not in result.output
     assert (out / "state.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_anywhere_in_the_recipe_fails_before_training(tmp_path: Path) -> None:
+    stage = {"precision": {"dtype": "fp16"}, "finetune": {"epochs": 1, "device": "cuda"}}
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.finetune\.device"):
+        run_recipe(_recipe(stages=[stage]), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no baseline was trained
