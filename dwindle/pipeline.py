@@ -197,6 +197,8 @@ def run_recipe(
     from dwindle.training import finetune, train
 
     console = console or Console()
+    if resume and overwrite:
+        raise ConfigError("--resume continues a run and --overwrite starts it over: pass one")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     stages = recipe.parsed_stages()

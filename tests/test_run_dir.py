@@ -87,3 +87,8 @@ def test_a_missing_device_anywhere_in_the_recipe_fails_before_training(tmp_path:
     with pytest.raises(ConfigError, match=r"stages\[0\]\.finetune\.device"):
         run_recipe(_recipe(stages=[stage]), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()  # no baseline was trained
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pass one"):
+        run_recipe(_recipe(), tmp_path / "run", resume=True, overwrite=True)
