@@ -141,6 +141,12 @@ def measure(
         if ".py:" not in model:
             kwargs.setdefault("input_shape", bundle.input_shape)
         net = build_model(model, weights=weights, strip_prefix=strip_prefix, **kwargs).to(dev)
+        if weights is None and ".py:" not in model:
+            err_console.print(
+                f"note: no --weights, so this measures an untrained {model} (random weights); "
+                "its accuracy means nothing",
+                highlight=False,
+            )
         config = MeasureConfig.from_dict({"energy": energy}, "measure")
         with torch.no_grad():  # a model that does not fit the data fails here, clearly
             checked_forward(net.eval(), bundle.example_input(2).to(dev), bundle)

@@ -69,6 +69,13 @@ def test_measure_unknown_zoo_model_suggests() -> None:
     assert "lenet300" in result.output
 
 
+def test_measure_without_weights_says_the_model_is_untrained() -> None:
+    argv = ["measure", "mlp", "--data", "digits", "--arg", "hidden=8", "--energy", "off"]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert "untrained mlp" in " ".join(result.output.split())
+
+
 def test_measure_bad_arg_syntax() -> None:
     result = runner.invoke(app, ["measure", "mlp", "--data", "digits", "--arg", "hidden"])
     assert result.exit_code != 0
