@@ -141,6 +141,12 @@ def measure(
         if ".py:" not in model:
             kwargs.setdefault("input_shape", bundle.input_shape)
         net = build_model(model, weights=weights, strip_prefix=strip_prefix, **kwargs).to(dev)
+        half = _half_dtype(weights)
+        if half is not None:  # measure the file as stored, not an fp32 copy of it
+            import dwindle as dw
+
+            net = dw.cast_(net, dw.Precision(dtype=half))
+            err_console.print(f"note: {weights} stores {half} weights; measured in {half}")
         if weights is None and ".py:" not in model:
             err_console.print(
                 f"note: no --weights, so this measures an untrained {model} (random weights); "
@@ -158,6 +164,21 @@ def measure(
     except DwindleError as exc:
         _fail(exc)
     print_table(report, console=console)
+
+
+def _half_dtype(weights: Path | None) -> str | None:
+    """ "fp16"/"bf16" when every floating tensor of a safetensors file has that dtype."""
+    if weights is None or not weights.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError):
+        return None  # not safetensors: load_weights reads (or refuses) it
+    floats = dtypes & {"F16", "BF16", "F32", "F64"}
+    return {"F16": "fp16", "BF16": "bf16"}.get(floats.pop()) if len(floats) == 1 else None
 
 
 def _check_json_target(path: Path | None, inputs: list[Path | None]) -> None:

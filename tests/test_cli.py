@@ -1,3 +1,4 @@
+import copy
 import json
 from pathlib import Path
 
@@ -74,6 +75,24 @@ def test_measure_without_weights_says_the_model_is_untrained() -> None:
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     assert "untrained mlp" in " ".join(result.output.split())
+
+
+def test_measure_keeps_a_half_precision_file_in_half_precision(tmp_path: Path) -> None:
+    import dwindle as dw
+    from dwindle.export import save
+
+    model = dw.zoo.create("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[8])
+    sizes = {}
+    half = dw.cast_(copy.deepcopy(model), dw.Precision(dtype="fp16"))
+    for name, net in (("f32", model), ("f16", half)):
+        path = save(net, tmp_path / f"{name}.safetensors")
+        js = tmp_path / f"{name}.json"
+        argv = ["measure", "mlp", "--weights", str(path), "--data", "digits", "--arg", "hidden=8"]
+        result = runner.invoke(app, [*argv, "--energy", "off", "--json", str(js)])
+        assert result.exit_code == 0, result.output
+        sizes[name] = json.loads(js.read_text())["rows"][0]["metrics"]["bytes"]
+    assert "measured in fp16" in " ".join(result.output.split())
+    assert sizes["f16"] < 0.6 * sizes["f32"]  # the file's own precision, not an fp32 copy
 
 
 def test_measure_bad_arg_syntax() -> None:
