@@ -330,3 +330,9 @@ def test_load_weights_reads_dwindle_sparse_files_and_explains_the_rest(tmp_path:
     with pytest.raises(CheckpointError, match="never unpickles") as info:
         load_weights(fresh, junk)
     assert "weights_only" not in str(info.value)  # no advice to turn the safety off
+
+
+def test_a_strip_prefix_that_matches_no_key_is_an_error(tmp_path: Path) -> None:
+    path = save(mlp(), tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match=r"no key of .* starts with strip_prefix 'foo\.'"):
+        load_weights(mlp(), path, strip_prefix="foo.")

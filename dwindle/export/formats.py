@@ -303,6 +303,12 @@ def load_weights(
         sd = _unwrap(_read_torch(p), p)
     state_keys = set(model.state_dict())
     if strip_prefix:
+        if not any(k.startswith(strip_prefix) for k in sd):
+            shown = ", ".join(list(sd)[:3])
+            raise CheckpointError(
+                f"no key of {str(p)!r} starts with strip_prefix {strip_prefix!r} (keys look like "
+                f"{shown}); give the prefix they carry, or leave strip_prefix out"
+            )
         sd = {k.removeprefix(strip_prefix): v for k, v in sd.items()}
     sd = _strip_prefix(sd, state_keys)
     _check_fit(sd, model, p)
