@@ -119,8 +119,8 @@ def build_transfer_set(
         x, y = data.split("val")
         order = torch.randperm(len(y), generator=gen)
         n_val = len(y) // 4
-        x_val, y_val = x[order[:n_val].sort().values], y[order[:n_val].sort().values]
-        x, y = x[order[n_val:].sort().values], y[order[n_val:].sort().values]
+        val, kept = order[:n_val].sort().values, order[n_val:].sort().values
+        x_val, y_val, x, y = x[val], y[val], x[kept], y[kept]
     elif cfg.source == "unlabelled":
         if inputs is None and cfg.path is not None:
             inputs = load_inputs(cfg.path)

@@ -39,19 +39,23 @@ _LIST_LIMIT = 10
 
 @dataclass(frozen=True)
 class Format:
-    """A named way of writing a model to one file (``save``) and reading it back (``load``)."""
+    """A named way of writing a model to one file (``save``) and reading it back (``load``);
+    ``magic``: the first bytes of its files, by which :func:`load_weights` recognises them."""
 
     name: str
     save: SaveFn
     load: LoadFn | None = None
+    magic: bytes | None = None
 
 
 _FORMATS: dict[str, Format] = {}
 
 
-def register_format(name: str, save_fn: SaveFn, load_fn: LoadFn | None = None) -> Format:
+def register_format(
+    name: str, save_fn: SaveFn, load_fn: LoadFn | None = None, *, magic: bytes | None = None
+) -> Format:
     """Register (or replace) format ``name``; ``save_fn(model, path)`` writes one file."""
-    fmt = Format(name=name, save=save_fn, load=load_fn)
+    fmt = Format(name=name, save=save_fn, load=load_fn, magic=magic)
     _FORMATS[name] = fmt
     return fmt
 
@@ -253,18 +257,15 @@ def _common_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
     return None
 
 
-# dwindle's own artifact files, recognised by their first bytes
-_MAGICS = {b"DWSPARS1": "sparse", b"DWDC": "deepc"}
-
-
 def _own_format(model: nn.Module, path: Path) -> bool:
-    """Load ``path`` with its format's loader when it is one of dwindle's own artifacts (a
-    sparse or deepc file); refuse an ONNX file, which holds a graph for onnxruntime."""
+    """Load ``path`` with its format's loader when its first bytes are a registered format's
+    ``magic`` (dwindle's sparse or deepc files); refuse an ONNX file, which holds a graph for
+    onnxruntime."""
     with path.open("rb") as fh:
-        head = fh.read(8)
-    for magic, name in _MAGICS.items():
-        if head.startswith(magic) and name in _FORMATS and _FORMATS[name].load is not None:
-            _FORMATS[name].load(model, path)  # type: ignore[misc]
+        head = fh.read(16)
+    for fmt in _FORMATS.values():
+        if fmt.magic and fmt.load is not None and head.startswith(fmt.magic):
+            fmt.load(model, path)
             return True
     if path.suffix in (".onnx", ".onnx-int8"):
         raise CheckpointError(

@@ -247,4 +247,4 @@ def load_sparse(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     return model
 
 
-register_format("sparse", _write_sparse, load_sparse)
+register_format("sparse", _write_sparse, load_sparse, magic=MAGIC)

@@ -204,7 +204,6 @@ def recipe_sensitivity(
     Writes ``sensitivity.md`` (tables) and ``sensitivity.png`` (plots) to ``out_dir``; a
     ``search:`` section in the recipe is ignored.
     """
-
     from dwindle.export import atomic_write_bytes, ensure_dir
     from dwindle.pipeline import build_model_and_data
     from dwindle.recipe import load_recipe, read_yaml_mapping

@@ -359,4 +359,4 @@ def _save_deepc(model: nn.Module, path: Path) -> None:
     path.write_bytes(encode_model(model, bits)[0])
 
 
-register_format(FORMAT, _save_deepc, load_deepc)
+register_format(FORMAT, _save_deepc, load_deepc, magic=MAGIC)
