@@ -57,6 +57,10 @@ class Job:
     # the calibration of the KD variant (--distill), when it differs from ``keep``
     kd_keep: dict[str, float] | None = None
 
+    def calibration(self, kd: bool) -> dict[str, float]:
+        """The per-layer fractions that set the thresholds of the labels or the KD variant."""
+        return self.kd_keep if kd and self.kd_keep else self.keep
+
 
 JOBS = {
     "lenet300": Job(
@@ -186,8 +190,7 @@ def han_prune(
     distils from ``base``."""
     model = create(job.model, num_classes=data.num_classes)
     model.load_state_dict(base.state_dict())
-    keep = job.kd_keep if kd and job.kd_keep else job.keep
-    qualities = han_qualities(base, keep)
+    qualities = han_qualities(base, job.calibration(kd))
     epochs = max(1, round(job.epochs * scale))
     finetune = TrainConfig(
         epochs=epochs, lr=job.lr, momentum=0.9, schedule="cosine", progress=False, seed=seed
@@ -245,7 +248,7 @@ def run_job(job: Job, seed: int, scale: float, kd: bool = False) -> list[dict[st
         }
         if row["variant"] == variant:
             fracs = kept(model, list(job.keep))
-            m["calibration"] = job.kd_keep if kd and job.kd_keep else job.keep
+            m["calibration"] = job.calibration(kd)
             dense = Path(RESULTS.parent / "artifacts" / f"_{job.model}_han_dense.tmp")
             m["bytes_dense"] = dw.export.save(model, dense, "safetensors").stat().st_size
             dense.unlink()

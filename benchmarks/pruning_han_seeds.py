@@ -143,8 +143,8 @@ def main() -> None:
         }.items()
         if v is not None and v != getattr(job, k)
     }
-    if args.distill and job.kd_keep:  # the KD variant's own calibration
-        changed["keep"] = job.kd_keep
+    if job.calibration(args.distill) != job.keep:  # the KD variant's own calibration
+        changed["keep"] = job.calibration(args.distill)
     job = dataclasses.replace(job, kd_keep=None)
     if args.keep_scale != 1.0:
         scaled = changed.get("keep", job.keep)
