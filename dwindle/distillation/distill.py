@@ -226,6 +226,9 @@ def distill(
         teachers.to(device)
         s_feat, t_feat = _probe(student, teachers, transfer.x_train[:2].to(device), s_tap, t_tap)
         teachers.calls = 0
+        tcfg = TrainConfig.from_dict(train if train is not None else (cfg.train or TrainConfig()))
+        if tcfg.compile and not t_names:  # hooks on the teacher need its eager forward
+            teachers.compile()
         for loss in loss_list:
             if isinstance(loss, HintLoss):
                 loss.build(s_feat, t_feat).adapters.to(device)
@@ -245,7 +248,6 @@ def distill(
             )
             return sum((loss(batch) for loss in loss_list), logits.new_zeros(()))
 
-        tcfg = train if train is not None else (cfg.train or TrainConfig())
         cbs = [MoveTeachers(teachers), *callbacks]
         result = run_training(model, transfer, tcfg, loss_fn=loss_fn, callbacks=cbs)
     finally:

@@ -77,6 +77,15 @@ class TeacherSet:
         self.weights = [float(w) / total for w in weights]
         self.combine, self.temperature = combine, float(temperature)
         self.calls = 0
+        self._forwards: list[Any] = list(self.models)
+
+    def compile(self) -> None:
+        """Run the teachers' forwards through ``torch.compile`` from the next call on (the
+        training loop's ``compile`` option; the frozen teacher's forward can cost as much as
+        the student's step). Should compiling fail on that call, the teachers run eagerly,
+        with a warning. Feature taps (hooks) on a teacher need the eager forward: do not
+        compile a set whose first teacher feeds hints or attention."""
+        self._forwards = [torch.compile(m) for m in self.models]
 
     @property
     def first(self) -> nn.Module:
@@ -103,7 +112,19 @@ class TeacherSet:
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
         self.calls += 1
-        return self.combined([logits_of(m(x)) for m in self.models])
+        if self._forwards[0] is self.models[0]:
+            return self.combined([logits_of(m(x)) for m in self.models])
+        try:
+            return self.combined([logits_of(m(x)) for m in self._forwards])
+        except Exception as err:  # a compiler failure must not end a long training
+            warnings.warn(
+                f"torch.compile could not compile the teacher's forward ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); the teachers run eagerly",
+                UserWarning,
+                stacklevel=2,
+            )
+            self._forwards = list(self.models)
+            return self.combined([logits_of(m(x)) for m in self.models])
 
 
 class Cohort(nn.Module):

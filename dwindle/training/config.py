@@ -28,6 +28,8 @@ class TrainConfig(Config):
     ``True`` always (needs a validation split), ``False`` never. ``compile`` runs the training
     forward through ``torch.compile``: the first steps pay the compilation, then models made of
     many small ops (QAT fake-quant, folded BN) run as fused kernels; measure whether it pays.
+    In ``distill`` it compiles the frozen teacher's forward too (unless hints or attention tap
+    the teacher's layers).
     """
 
     epochs: int = Field(10, ge=0)
