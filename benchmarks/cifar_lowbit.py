@@ -5,6 +5,8 @@
     python benchmarks/cifar_lowbit.py --device cuda           # the papers' budget
     python benchmarks/cifar_lowbit.py --only w4a4 --epochs 12 --more-epochs 6 --more-lr 0.002
     python benchmarks/cifar_lowbit.py --only w4a4_full ...  # LSQ's weight grid, codes -8..7
+    python benchmarks/cifar_lowbit.py --budget full --compile on --only w4a4 --distill \
+        --freeze-bn-epoch 0 --more-epochs 30 --more-lr 0.005 --more-teacher resnet56
 
 Target cifar_w4a4_resnet20: test error <= +0.5 pt vs the fp32 checkpoint. Weights and
 activations use learned step sizes (LSQ, Esser et al. 2020; PACT, Choi et al. 2018, learns the
