@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from dwindle._plugins import load_plugins
 from dwindle.errors import ConfigError
@@ -62,6 +63,22 @@ class Config(BaseModel):
         finally:
             _depth.reset(token)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``epochs: true`` is a mistake, not 1: pydantic's lax mode would read a bool as a
+        number, so a bool is refused for every field whose type does not admit one."""
+        name = info.field_name or ""
+        field = cls.model_fields.get(name)
+        own = any(  # a field with its own before-validator reads bools itself (energy: off)
+            name in d.info.fields and d.info.mode == "before"
+            for d in cls.__pydantic_decorators__.field_validators.values()
+        )
+        if isinstance(value, bool) and field and not own and not _admits_bool(field.annotation):
+            name = _type_name(field.annotation)
+            raise ValueError(f"{value!r} is a yes/no value where {name} is expected")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-ready dict of the config's values."""
         return self.model_dump(mode="json")
@@ -70,6 +87,22 @@ class Config(BaseModel):
     def from_dict(cls: type[C], data: Any, path: str = "") -> C:
         """Validate ``data`` into this config; errors name the key path and the nearest key."""
         return validate_config(cls, data, path or cls.__name__)
+
+
+def _admits_bool(tp: Any) -> bool:
+    """Whether the type ``tp`` accepts a bool (bool itself, Any, a union or Literal with one)."""
+    if tp is bool or tp is Any or tp is object:
+        return True
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        return any(isinstance(a, bool) for a in args)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType, typing.Annotated):
+        return any(_admits_bool(a) for a in args)
+    return False
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 class TargetedConfig(Config):

@@ -63,3 +63,31 @@ def test_select_modules_types_and_exclude() -> None:
     assert names == ["0"]
     with pytest.raises(ConfigError, match=r"'9' matches no module of type Conv2d"):
         select_modules(model, ["9"], types=(nn.Conv2d,))
+
+
+class _Mixed(Config):
+    count: int = 1
+    rate: float = 0.5
+    limit: int | None = None
+    flag: bool = False
+    either: bool | int = 0
+
+
+@pytest.mark.parametrize("field", ["count", "rate", "limit"])
+def test_a_bool_is_not_read_as_a_number(field: str) -> None:
+    # YAML's `epochs: true` or `lr: yes` is a mistake; pydantic's lax mode would read it as 1
+    with pytest.raises(ConfigError, match=rf"_Mixed\.{field}.*True is a yes/no value"):
+        _Mixed.from_dict({field: True})
+
+
+def test_fields_that_admit_a_bool_still_take_one() -> None:
+    cfg = _Mixed(flag=True, either=True, count=3, rate=1)
+    assert cfg.flag is True and cfg.either is True and (cfg.count, cfg.rate) == (3, 1.0)
+
+
+def test_train_config_epochs_true_is_refused() -> None:
+    from dwindle.training import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"epochs.*yes/no value where int is expected"):
+        TrainConfig.from_dict({"epochs": True})
+    assert TrainConfig.from_dict({"epochs": 2, "progress": False}).progress is False
