@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -6,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 from dwindle.config import Config, StageContext, register_technique
@@ -84,6 +86,50 @@ def test_resume_skips_finished_stages(tmp_path: Path) -> None:
     assert baseline_ckpt.stat().st_mtime_ns == mtime  # not retrained, not rewritten
     assert CALLS == ["flaky", "flaky"]
     assert {r["variant"] for r in result.report["rows"]} == {"baseline", "a", "b"}
+
+
+def test_resume_after_an_edit_reruns_only_the_changed_stages(tmp_path: Path) -> None:
+    CALLS.clear()
+    out, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    stages = [
+        {"precision": {"dtype": "bf16"}, "name": "a"},
+        {"test-flaky": {"fail": True}, "name": "b"},
+    ]
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run_recipe(_recipe(stages=stages), out)
+    mtimes = {f.name: f.stat().st_mtime_ns for f in ckpts.iterdir()}
+    # the stage that did not finish is edited before resuming: nothing finished is redone
+    stages[1] = {"test-flaky": {}, "name": "b"}
+    run_recipe(_recipe(stages=stages), out, resume=True)
+    assert CALLS == ["flaky", "flaky"]
+    assert {f: ckpts.joinpath(f).stat().st_mtime_ns for f in mtimes} == mtimes
+    # measuring differently changes no checkpoint: every step is restored
+    log = io.StringIO()
+    measure = {**FAST_MEASURE, "runs": 2}
+    run_recipe(_recipe(stages=stages, measure=measure), out, resume=True, console=Console(file=log))
+    assert CALLS == ["flaky", "flaky"] and "recipe changed" not in log.getvalue()
+    # an edit of stage a runs a and everything after it again, on the kept baseline
+    stages[0] = {"precision": {"dtype": "fp16"}, "name": "a"}
+    result = run_recipe(_recipe(stages=stages), out, resume=True, console=Console(file=log))
+    assert CALLS == ["flaky", "flaky", "flaky"]
+    assert "recipe changed since a, b ran" in " ".join(log.getvalue().split())
+    assert ckpts.joinpath("baseline.pt").stat().st_mtime_ns == mtimes["baseline.pt"]
+    assert ckpts.joinpath("a.pt").stat().st_mtime_ns != mtimes["a.pt"]
+    assert result.models["a"].fc1.weight.dtype == torch.float16
+
+
+def test_resume_of_a_run_without_step_keys_needs_the_same_recipe(tmp_path: Path) -> None:
+    run_recipe(_recipe(), tmp_path / "run")
+    path = tmp_path / "run" / "state.json"
+    state = json.loads(path.read_text())
+    for entry in state["done"].values():  # as state.json was written before steps had keys
+        del entry["key"]
+    path.write_text(json.dumps(state))
+    run_recipe(_recipe(), tmp_path / "run", resume=True)  # same recipe: fine
+    with pytest.raises(ConfigError, match="the recipe changed since that run started"):
+        run_recipe(
+            _recipe(stages=[{"precision": {"dtype": "bf16"}}]), tmp_path / "run", resume=True
+        )
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path: Path) -> None:
