@@ -35,7 +35,7 @@ from dwindle.metrics import compare, evaluate_accuracy
 from dwindle.models import create
 from dwindle.pruning import AGPCallback, Prune, Pruner
 from dwindle.pruning.schedules import AGP
-from dwindle.sharing import ClusteredLayer, Encode, Share, encode_, encode_model, share_
+from dwindle.sharing import Encode, Share, encode_, encode_model, share_
 
 # Han et al. 2016 Table 2 (LeNet-300-100) and Table 3 (LeNet-5): kept weights per layer, bits.
 SETUPS: dict[str, dict[str, Any]] = {
@@ -143,18 +143,6 @@ def _finetune_centroids(
     recover_with_distillation(model, teacher.eval(), data, cfg)
 
 
-def _virtual_nonzeros(model: torch.nn.Module) -> int:
-    total = 0
-    for m in model.modules():
-        for name, p in m.named_parameters(recurse=False):
-            if isinstance(m, ClusteredLayer) and name == "codebook":
-                total += int((m.weight != 0).sum())
-            else:
-                mask = m._buffers.get(name + "_mask")
-                total += int(((p != 0) & (mask if mask is not None else True)).sum())
-    return total
-
-
 def run_model(name: str, epochs_scale: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     setup = SETUPS[name]
     torch.manual_seed(0)
@@ -222,7 +210,6 @@ def run_model(name: str, epochs_scale: float) -> tuple[list[dict[str, Any]], dic
         m = row["metrics"]
         m["error_pct"] = round(100 * (1 - m["accuracy"]), 2)
         m["val_error_pct"] = error_pct(models[row["variant"]], data, "val")
-        m["virtual_nonzeros"] = _virtual_nonzeros(models[row["variant"]])
         out = {
             "variant": row["variant"],
             "model": name,
@@ -246,7 +233,7 @@ COLUMNS = [
     ("test error %", "metrics.error_pct"),
     ("val error %", "metrics.val_error_pct"),
     ("p vs baseline (McNemar)", "metrics.accuracy_change_p"),
-    ("non-zero weights", "metrics.virtual_nonzeros"),
+    ("non-zero weights", "metrics.nonzeros"),
     ("bytes", "metrics.bytes"),
     ("format", "metrics.artifact"),
     ("compression ×", "metrics.compression_rate"),

@@ -10,7 +10,7 @@ from torch import nn
 from dwindle.config import StageContext, apply
 from dwindle.errors import ConfigError
 from dwindle.export import load_weights, save
-from dwindle.metrics import count_params
+from dwindle.metrics import count_flops, count_nonzeros, count_params, effective_flops
 from dwindle.pipeline import run_recipe
 from dwindle.sharing import (
     ClusteredLayer,
@@ -87,6 +87,21 @@ def test_masks_are_respected_zeros_stay_zero() -> None:
         assert torch.equal(model[i].weight_mask, mask)
         assert (model[i].weight[~mask] == 0).all()
         assert _distinct(model[i]) <= 8
+
+
+def test_counts_of_a_shared_pruned_model_are_its_weights_not_its_codebooks() -> None:
+    model = mlp_64()
+    magnitude_masks(model, 0.2)
+    params, nonzeros = count_params(model), count_nonzeros(model)
+    assert nonzeros < 0.3 * params  # the pruning is visible before sharing
+    x = torch.randn(1, 64)
+    sparse_flops = effective_flops(model, x)
+    assert sparse_flops < 0.5 * count_flops(model, x)  # the zeros still count as skippable
+    share_(model, Share(bits={"linear": 3}))
+    # sharing stores each weight as a codebook index: as many weights, the same zeros
+    assert count_params(model) == params
+    assert count_nonzeros(model) == nonzeros
+    assert effective_flops(model, x) == sparse_flops
 
 
 def test_bits_per_layer_patterns_win_over_kinds() -> None:

@@ -93,9 +93,19 @@ def sparsity(model: nn.Module) -> float:
 
 
 def weight_density(module: nn.Module) -> float:
-    """Non-zero fraction of ``module.weight`` (mask-aware); 1.0 when it has no weight."""
+    """Non-zero fraction of ``module.weight`` (mask-aware; a weight computed by a property, as
+    a shared layer's ``codebook[indices]``, counts its zeros too); 1.0 when it has no weight."""
     for name in ("weight", "weight" + _ORIG_SUFFIX):
         p = module._parameters.get(name)
         if isinstance(p, torch.Tensor) and p.numel():
             return _nonzeros(p, _mask_for(module, name)) / p.numel()
+    if computed_weight(module):
+        w = module.weight
+        if isinstance(w, torch.Tensor) and w.numel():
+            return _nonzeros(w, None) / w.numel()
     return 1.0
+
+
+def computed_weight(module: nn.Module) -> bool:
+    """Whether ``module.weight`` is a property (a weight built from other tensors)."""
+    return isinstance(getattr(type(module), "weight", None), property)

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dwindle.errors import ConfigError
 from dwindle.metrics._model import eval_mode, prepare_input
-from dwindle.metrics.counts import weight_density
+from dwindle.metrics.counts import computed_weight, weight_density
 
 __all__ = ["count_flops", "count_flops_by_module", "effective_flops"]
 
@@ -71,6 +71,6 @@ def effective_flops(model: nn.Module, example_input: torch.Tensor) -> int:
     counts = _flop_counts(model, example_input)
     saved = 0.0
     for name, module in model.named_modules():
-        if isinstance(module, _WEIGHTED) and counts.get(name):
+        if (isinstance(module, _WEIGHTED) or computed_weight(module)) and counts.get(name):
             saved += counts[name] * (1.0 - weight_density(module))
     return max(0, round(counts[""] - saved))

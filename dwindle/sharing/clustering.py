@@ -143,6 +143,16 @@ class ClusteredLayer(nn.Module):
     def clusters(self) -> int:
         return self.codebook.numel()
 
+    def dwindle_param_count(self) -> int:
+        """The layer's weights and bias: sharing changes what a weight costs to store (an index
+        into the codebook), not how many weights the layer has, as for packed layers."""
+        return self.indices.numel() + (0 if self.bias is None else self.bias.numel())
+
+    def dwindle_nonzero_count(self) -> int:
+        """Weights whose shared value is non-zero (pruned ones stay zero), plus non-zero bias."""
+        nz = int((self._dense() != 0).sum())
+        return nz + (0 if self.bias is None else int((self.bias != 0).sum()))
+
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if self.kind == "linear":
