@@ -22,6 +22,7 @@ from dwindle.sharing import (
     kmeans_1d,
     load_deepc,
     share_,
+    tie_,
 )
 
 FAST_MEASURE = {"batch_sizes": [1, 4], "runs": 3, "warmup": 1, "energy": "estimate"}
@@ -102,6 +103,20 @@ def test_counts_of_a_shared_pruned_model_are_its_weights_not_its_codebooks() -> 
     assert count_params(model) == params
     assert count_nonzeros(model) == nonzeros
     assert effective_flops(model, x) == sparse_flops
+
+
+def test_tied_shared_layers_count_their_bias_once_and_each_layers_weights() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    share_(model, Share(bits=2))
+    # a tie only groups layers of one shape: the 16->8 layer's codebook has the others' shape
+    assert tie_(model) == [["2", "4"]]
+    assert model[2].codebook is model[4].codebook and model[2].bias is model[4].bias
+    # each layer keeps its own indices (its weights); the tied bias counts once
+    assert count_params(model) == (16 * 8 + 8) + 2 * 8 * 8 + 8
+    nonzero = [int((model[i].weight != 0).sum()) for i in (0, 2, 4)]
+    biases = [int((model[i].bias != 0).sum()) for i in (0, 2)]
+    assert count_nonzeros(model) == sum(nonzero) + sum(biases)
 
 
 def test_bits_per_layer_patterns_win_over_kinds() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -39,20 +41,47 @@ def _own_counts(model: nn.Module, hook: str) -> tuple[int, set[int]]:
     return total, covered
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameter entries, counting shared (tied) tensors once. Buffers are excluded,
-    except where a module counts its own weights (``dwindle_param_count``: packed codes)."""
-    total, covered = _own_counts(model, "dwindle_param_count")
-    seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
+def _computed(module: nn.Module, seen: set[Any], nonzero: bool) -> tuple[int, tuple[str, ...]]:
+    """A weight computed by a property from ``dwindle_weight_sources`` (a shared layer's
+    ``codebook[indices]``) counts its own entries, once per set of source tensors (tied layers
+    share them); returns that count and the source names the caller must not count again."""
+    names = tuple(getattr(module, "dwindle_weight_sources", ()))
+    if not names or not computed_weight(module):
+        return 0, ()
+    tensors = [module._parameters.get(n, module._buffers.get(n)) for n in names]
+    key = tuple(_key(t) for t in tensors if isinstance(t, torch.Tensor))
+    if key in seen:
+        return 0, names
+    seen.add(key)
+    with torch.no_grad():
+        w = module.weight
+    return (_nonzeros(w, None) if nonzero else w.numel()), names
+
+
+def _count(model: nn.Module, nonzero: bool) -> int:
+    total, covered = _own_counts(
+        model, "dwindle_nonzero_count" if nonzero else "dwindle_param_count"
+    )
+    seen: set[Any] = set()
     for module in model.modules():
         if id(module) in covered:
             continue
-        for p in module._parameters.values():
-            if p is None or (k := _key(p)) in seen:
+        n, sources = _computed(module, seen, nonzero)
+        total += n
+        for name, p in module._parameters.items():
+            if p is None or name in sources or (k := _key(p)) in seen:
                 continue
             seen.add(k)
-            total += p.numel()
+            total += _nonzeros(p, _mask_for(module, name)) if nonzero else p.numel()
     return total
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter entries, counting shared (tied) tensors once. Buffers are excluded,
+    except where a module counts its own weights (``dwindle_param_count``: packed codes) or
+    computes its weight from them (``dwindle_weight_sources``: a k-means-shared layer counts
+    its weight's entries, not its codebook's)."""
+    return _count(model, nonzero=False)
 
 
 def _mask_for(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -69,21 +98,9 @@ def _nonzeros(p: torch.Tensor, mask: torch.Tensor | None) -> int:
 
 
 def count_nonzeros(model: nn.Module) -> int:
-    """Non-zero parameter entries; a weight with a ``<name>_mask`` buffer counts ``weight*mask``."""
-    total, covered = _own_counts(model, "dwindle_nonzero_count")
-    seen: set[tuple[int, int, tuple[int, ...], tuple[int, ...]]] = set()
-    for module in model.modules():
-        if id(module) in covered:
-            continue
-        for name, p in module._parameters.items():
-            if p is None:
-                continue
-            k = _key(p)
-            if k in seen:
-                continue
-            seen.add(k)
-            total += _nonzeros(p, _mask_for(module, name))
-    return total
+    """Non-zero parameter entries; a weight with a ``<name>_mask`` buffer counts ``weight*mask``
+    (a computed weight, as in :func:`count_params`, counts its non-zero entries)."""
+    return _count(model, nonzero=True)
 
 
 def sparsity(model: nn.Module) -> float:

@@ -82,7 +82,12 @@ class ClusteredLayer(nn.Module):
     ``codebook`` (k) and ``bias`` are the trainable parameters; ``indices`` (uint8 up to 256
     clusters) and the optional boolean ``weight_mask`` are buffers. ``weight`` is a read-only
     property giving the dense effective weight, so code reading ``layer.weight`` still works.
+    Parameter counts count that weight's entries (sharing changes what a weight costs to
+    store, not how many the layer has), not the codebook: see ``dwindle_weight_sources``.
     """
+
+    # the tensors ``weight`` is computed from: counts read ``weight`` instead of these
+    dwindle_weight_sources = ("codebook", "indices", "weight_mask")
 
     def __init__(
         self, layer: nn.Module, centroids: Tensor, indices: Tensor, mask: Tensor | None
@@ -142,16 +147,6 @@ class ClusteredLayer(nn.Module):
     @property
     def clusters(self) -> int:
         return self.codebook.numel()
-
-    def dwindle_param_count(self) -> int:
-        """The layer's weights and bias: sharing changes what a weight costs to store (an index
-        into the codebook), not how many weights the layer has, as for packed layers."""
-        return self.indices.numel() + (0 if self.bias is None else self.bias.numel())
-
-    def dwindle_nonzero_count(self) -> int:
-        """Weights whose shared value is non-zero (pruned ones stay zero), plus non-zero bias."""
-        nz = int((self._dense() != 0).sum())
-        return nz + (0 if self.bias is None else int((self.bias != 0).sum()))
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight

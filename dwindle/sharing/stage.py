@@ -137,8 +137,9 @@ def share_(model: nn.Module, config: Share, context: StageContext | None = None)
             _replace(model, name, new)
             done.append(f"{name} {bits} bits")
         notes.append(
-            "share (kmeans): " + ", ".join(done) + ". Parameter counts now count codebook "
-            "entries; fine-tuning trains the centroids (gradients summed per cluster)"
+            "share (kmeans): " + ", ".join(done) + ". Parameter counts still count every "
+            "weight (each is now a codebook index: judge size by bytes); fine-tuning trains the "
+            "centroids (gradients summed per cluster)"
         )
     if config.method != "tie" and getattr(model, "dwindle_format", None) not in (None, FORMAT):
         # an earlier stage's packed format (e.g. pruning's "sparse") knows nothing of the new
