@@ -70,3 +70,28 @@ def test_a_teacher_feeding_hints_is_not_compiled(
     student = _mlp(digits, hidden=(64,))
     distill(student, frozen, digits, cfg, train={**FAST, "epochs": 1, "compile": True})
     assert seen and all(m is not frozen for m in seen)  # only the student was compiled
+
+
+def test_errors_after_the_first_compiled_call_are_raised_not_hidden(
+    digits: Any, teacher: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dwindle.distillation import TeacherSet
+
+    calls = []
+
+    def flaky_compile(model: Any, *args: Any, **kw: Any) -> Any:
+        def call(x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            if len(calls) > 1:
+                raise RuntimeError("a genuine teacher bug on batch 2")
+            return model(x)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", flaky_compile)
+    teachers = TeacherSet(teacher)
+    teachers.compile()
+    x = digits.x_test[:4]
+    torch.testing.assert_close(teachers(x), teacher(x).detach())  # compiled and first: fine
+    with pytest.raises(RuntimeError, match="genuine teacher bug"):
+        teachers(x)  # not taken for a compiler failure, not switched to eager silently

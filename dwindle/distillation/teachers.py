@@ -78,14 +78,17 @@ class TeacherSet:
         self.combine, self.temperature = combine, float(temperature)
         self.calls = 0
         self._forwards: list[Any] = list(self.models)
+        self._compiled_once = False
 
     def compile(self) -> None:
         """Run the teachers' forwards through ``torch.compile`` from the next call on (the
         training loop's ``compile`` option; the frozen teacher's forward can cost as much as
-        the student's step). Should compiling fail on that call, the teachers run eagerly,
-        with a warning. Feature taps (hooks) on a teacher need the eager forward: do not
+        the student's step). Should compiling fail on that first call, the teachers run
+        eagerly, with a warning; errors of later calls, and running out of memory, are raised.
+        Feature taps (hooks) on a teacher need the eager forward: do not
         compile a set whose first teacher feeds hints or attention."""
         self._forwards = [torch.compile(m) for m in self.models]
+        self._compiled_once = False
 
     @property
     def first(self) -> nn.Module:
@@ -112,10 +115,14 @@ class TeacherSet:
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
         self.calls += 1
-        if self._forwards[0] is self.models[0]:
-            return self.combined([logits_of(m(x)) for m in self.models])
-        try:
+        if self._forwards[0] is self.models[0] or self._compiled_once:
             return self.combined([logits_of(m(x)) for m in self._forwards])
+        try:  # the first compiled call is where torch.compile traces and compiles
+            out = self.combined([logits_of(m(x)) for m in self._forwards])
+            self._compiled_once = True
+            return out
+        except torch.OutOfMemoryError:
+            raise
         except Exception as err:  # a compiler failure must not end a long training
             warnings.warn(
                 f"torch.compile could not compile the teacher's forward ({type(err).__name__}: "

@@ -25,8 +25,7 @@ def _signature(module: nn.Module) -> Signature:
     """Type and tensor shapes; buffers count too (a k-means-shared layer's weight shape is its
     index buffer's: layers of other shapes share a codebook's shape)."""
     return type(module).__name__, tuple(
-        (name, tuple(t.shape))
-        for name, t in [*module.named_parameters(), *module.named_buffers()]
+        (name, tuple(t.shape)) for name, t in [*module.named_parameters(), *module.named_buffers()]
     )
 
 
