@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import re
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
@@ -74,9 +76,8 @@ class Config(BaseModel):
             name in d.info.fields and d.info.mode == "before"
             for d in cls.__pydantic_decorators__.field_validators.values()
         )
-        if isinstance(value, bool) and field and not own and not _admits_bool(field.annotation):
-            name = _type_name(field.annotation)
-            raise ValueError(f"{value!r} is a yes/no value where {name} is expected")
+        if field and not own and (where := _misplaced_bool(value, field.annotation)):
+            raise ValueError(where)
         return value
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,8 +102,53 @@ def _admits_bool(tp: Any) -> bool:
     return False
 
 
+def _members(tp: Any) -> list[Any]:
+    """The alternatives of a union / Optional / Annotated annotation (``[tp]`` otherwise)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(tp) for m in _members(a)]
+    return [tp]
+
+
+def _items_type(tp: Any, mapping: bool) -> Any:
+    """What the elements (values, for ``mapping``) of a container annotation may be: the union
+    of its members' element types, or None when no member is such a container."""
+    kinds = (dict, Mapping) if mapping else (list, tuple, set, frozenset, Sequence)
+    found = []
+    for m in _members(tp):
+        origin, args = typing.get_origin(m) or m, typing.get_args(m)
+        if isinstance(origin, type) and issubclass(origin, kinds) and args:
+            found += [a for a in (args[1:] if mapping else args) if a is not Ellipsis]
+        elif m is Any:
+            return Any
+    return typing.Union[tuple(found)] if found else None  # noqa: UP007 (built at run time)
+
+
+def _misplaced_bool(value: Any, tp: Any) -> str | None:
+    """Why ``value`` holds a yes/no value where ``tp`` wants a number (None: it does not)."""
+    if isinstance(value, bool | np.bool_):
+        if _admits_bool(tp):
+            return None
+        return f"{bool(value)!r} is a yes/no value where {_type_name(tp)} is expected"
+    if isinstance(value, list | tuple | dict):
+        items = _items_type(tp, isinstance(value, dict))
+        for item in value.values() if isinstance(value, dict) else value:
+            if items is not None and (why := _misplaced_bool(item, items)):
+                return why
+    return None
+
+
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """``tp`` as a reader would write it: ``int``, ``int | None``, ``Literal['off', 'on']``."""
+    if tp is type(None):
+        return "None"
+    if isinstance(tp, type):
+        return tp.__name__
+    if typing.get_origin(tp) in (typing.Annotated, typing.Union, types.UnionType):
+        return " | ".join(_type_name(m) for m in _members(tp))
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(tp))
 
 
 class TargetedConfig(Config):

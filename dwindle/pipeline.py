@@ -24,14 +24,14 @@ from torch import nn
 
 from dwindle.config import StageContext, apply
 from dwindle.errors import (
-    CheckpointError,
     ConfigError,
     DwindleError,
     MissingExtraError,
 )
-from dwindle.export import atomic_write, atomic_write_bytes, ensure_dir
+from dwindle.export import ensure_dir
 from dwindle.recipe import Recipe, Stage, load_recipe
-from dwindle.run_dir import prepare_out_dir, read_state
+from dwindle.run_dir import prepare_out_dir
+from dwindle.run_state import RunState, step_keys
 
 __all__ = ["RunResult", "build_model_and_data", "run_recipe", "run_stage"]
 
@@ -52,92 +52,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def step_keys(recipe_doc: dict[str, Any], labels: list[str]) -> dict[str, str]:
-    """A fingerprint per step of the run: the baseline's covers the recipe's model, data,
-    baseline, seed and name; each stage's chains the previous step's with its own settings.
-    ``measure`` and ``export`` enter none, since no checkpoint depends on them."""
-    base = {k: v for k, v in recipe_doc.items() if k not in ("stages", "measure", "export")}
-    key = hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest()
-    keys = {labels[0]: key}
-    for label, raw in zip(labels[1:], recipe_doc.get("stages", []), strict=True):
-        key = hashlib.sha256((key + json.dumps(raw, sort_keys=True)).encode()).hexdigest()
-        keys[label] = key
-    return keys
-
-
-class _RunState:
-    """``state.json``: which steps are finished, their checkpoint files, hashes and keys."""
-
-    def __init__(
-        self, out_dir: Path, recipe_hash: str, recipe_name: str, keys: dict[str, str]
-    ) -> None:
-        self.path = out_dir / "state.json"
-        self.ckpt_dir = out_dir / "checkpoints"
-        self.recipe_hash, self.recipe_name, self.keys = recipe_hash, recipe_name, keys
-        self.done: dict[str, dict[str, str]] = {}
-
-    def load(self) -> list[str]:
-        """Read the finished steps; return those whose settings changed since (to run again).
-
-        A step is kept when its key (its settings and every step's before it) is unchanged; a
-        changed baseline, or a run written before steps had keys, resumes only with the very
-        same recipe."""
-        state = read_state(self.path.parent)
-        if state is None:
-            return []
-        done: dict[str, dict[str, str]] = state.get("done", {})
-        if state.get("recipe_hash") == self.recipe_hash:
-            self.done = done
-            return []
-        first = next(iter(self.keys))  # the baseline: a change there leaves nothing to reuse
-        if not all("key" in entry for entry in done.values()) or (
-            first in done and done[first]["key"] != self.keys[first]
-        ):
-            raise ConfigError(
-                f"cannot resume in {self.path.parent}: the recipe changed since that run started"
-                " (its model, data, baseline or seed, so no finished step can be reused). "
-                "Run it in a new output directory (--out), or pass --overwrite to start over."
-            )
-        self.done = {k: e for k, e in done.items() if self.keys.get(k) == e["key"]}
-        stale = [k for k in done if k not in self.done]
-        for label in stale:  # checkpoints this code wrote for settings that no longer hold
-            (self.ckpt_dir / done[label]["file"]).unlink(missing_ok=True)
-        self._write()
-        return stale
-
-    def save_model(self, key: str, model: nn.Module) -> None:
-        ensure_dir(self.ckpt_dir)
-        path = self.ckpt_dir / f"{key}.pt"
-        atomic_write(path, lambda p: torch.save(model, p))
-        self.done[key] = {"file": path.name, "sha256": _sha256(path), "key": self.keys[key]}
-        self._write()
-
-    def _write(self) -> None:
-        doc = {"recipe_hash": self.recipe_hash, "recipe_name": self.recipe_name, "done": self.done}
-        atomic_write_bytes(self.path, json.dumps(doc, indent=2).encode())
-
-    def load_model(self, key: str) -> nn.Module | None:
-        entry = self.done.get(key)
-        if entry is None:
-            return None
-        path = self.ckpt_dir / entry["file"]
-        if not path.exists() or _sha256(path) != entry["sha256"]:
-            raise CheckpointError(
-                f"checkpoint {path} is missing or was modified after it was written; "
-                "refusing to load it. Start the run again with --overwrite."
-            )
-        # Safe: our own file, verified by the hash recorded when we wrote it (see module doc).
-        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def build_model_and_data(recipe: Recipe) -> tuple[nn.Module, Any]:
@@ -252,11 +166,13 @@ def run_recipe(
     recipe_doc = recipe.model_dump(mode="json", exclude={"base_dir"})
     _check_devices(recipe_doc)  # before any training: a missing GPU must not cost a baseline
     recipe_hash = hashlib.sha256(json.dumps(recipe_doc, sort_keys=True).encode()).hexdigest()
-    state = _RunState(out, recipe_hash, recipe.name, step_keys(recipe_doc, labels))
+    state = RunState(out, recipe_hash, recipe.name, step_keys(recipe_doc, labels))
     if resume and (stale := state.load()):
         console.print(
             f"[bold]resume[/bold]: the recipe changed since {', '.join(stale)} ran; "
-            "running those again (finished steps before the change are kept)"
+            "running those again (finished steps before the change are kept; the checkpoints "
+            "of the changed ones are set aside in checkpoints/ and come back if the edit is "
+            "undone)"
         )
 
     _seed_everything(recipe.seed)

@@ -105,7 +105,8 @@ def prepare_out_dir(
         ) from None
     if overwrite and not resume and state is not None:
         ckpts = out_dir / "checkpoints"
-        for entry in state.get("done", {}).values():  # only the checkpoints it recorded
+        recorded = [*state.get("done", {}).values(), *state.get("stale", {}).values()]
+        for entry in recorded:  # only the checkpoints it recorded
             name = Path(str(entry.get("file", ""))).name
             if name and (ckpts / name).is_file():
                 (ckpts / name).unlink()

@@ -1,3 +1,6 @@
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -71,6 +74,9 @@ class _Mixed(Config):
     limit: int | None = None
     flag: bool = False
     either: bool | int = 0
+    sizes: tuple[int, ...] = (1,)
+    per_layer: dict[str, int] | int = 8
+    flags: tuple[bool, ...] = ()
 
 
 @pytest.mark.parametrize("field", ["count", "rate", "limit"])
@@ -91,3 +97,24 @@ def test_train_config_epochs_true_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"epochs.*yes/no value where int is expected"):
         TrainConfig.from_dict({"epochs": True})
     assert TrainConfig.from_dict({"epochs": 2, "progress": False}).progress is False
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("sizes", [True, 32]), ("per_layer", {"fc1": 4, "fc2": False}), ("count", np.True_)],
+)
+def test_a_bool_inside_a_list_or_mapping_of_numbers_is_refused(field: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"_Mixed\.{field}.*yes/no value where int is expected"):
+        _Mixed.from_dict({field: value})
+
+
+def test_lists_of_bools_and_numbers_where_they_belong_are_kept() -> None:
+    cfg = _Mixed.from_dict({"sizes": [1, 32], "per_layer": {"fc1": 4}, "flags": [True, False]})
+    assert (cfg.sizes, cfg.per_layer, cfg.flags) == ((1, 32), {"fc1": 4}, (True, False))
+
+
+def test_the_message_names_the_allowed_values() -> None:
+    from dwindle.search import SearchSpec
+
+    with pytest.raises(ConfigError, match=r"where Literal\['random', 'tpe'.*\] \| None is"):
+        SearchSpec.from_dict({"kind": "hpo", "sampler": True})

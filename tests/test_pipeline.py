@@ -116,6 +116,26 @@ def test_resume_after_an_edit_reruns_only_the_changed_stages(tmp_path: Path) -> 
     assert ckpts.joinpath("baseline.pt").stat().st_mtime_ns == mtimes["baseline.pt"]
     assert ckpts.joinpath("a.pt").stat().st_mtime_ns != mtimes["a.pt"]
     assert result.models["a"].fc1.weight.dtype == torch.float16
+    # undoing the edit brings the set-aside checkpoints back instead of running a and b again
+    stages[0] = {"precision": {"dtype": "bf16"}, "name": "a"}
+    result = run_recipe(_recipe(stages=stages), out, resume=True)
+    assert CALLS == ["flaky", "flaky", "flaky"]
+    assert result.models["a"].fc1.weight.dtype == torch.bfloat16
+    # --overwrite removes every checkpoint the run recorded, the set-aside ones too
+    run_recipe(_recipe(stages=[]), out, overwrite=True)
+    assert sorted(f.name for f in ckpts.iterdir()) == ["baseline.pt"]
+
+
+def test_resume_never_touches_a_file_outside_its_checkpoints(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_recipe(_recipe(), out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    state = json.loads((out / "state.json").read_text())
+    state["done"]["fp16"]["file"] = "../../victim.txt"  # a tampered state
+    (out / "state.json").write_text(json.dumps(state))
+    run_recipe(_recipe(stages=[{"precision": {"dtype": "bf16"}, "name": "fp16"}]), out, resume=True)
+    assert victim.read_text() == "keep me"
 
 
 def test_resume_of_a_run_without_step_keys_needs_the_same_recipe(tmp_path: Path) -> None:
@@ -126,7 +146,12 @@ def test_resume_of_a_run_without_step_keys_needs_the_same_recipe(tmp_path: Path)
         del entry["key"]
     path.write_text(json.dumps(state))
     run_recipe(_recipe(), tmp_path / "run", resume=True)  # same recipe: fine
-    with pytest.raises(ConfigError, match="the recipe changed since that run started"):
+    state = json.loads(path.read_text())
+    assert all("key" in e for e in state["done"].values())  # and now it knows its steps
+    for entry in state["done"].values():
+        del entry["key"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="did not record what each step depends on"):
         run_recipe(
             _recipe(stages=[{"precision": {"dtype": "bf16"}}]), tmp_path / "run", resume=True
         )
@@ -141,7 +166,7 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path: Path) -> None:
 
 def test_resume_with_changed_recipe_is_refused(tmp_path: Path) -> None:
     run_recipe(_recipe(stages=[]), tmp_path / "run")
-    with pytest.raises(ConfigError, match="the recipe changed since that run started"):
+    with pytest.raises(ConfigError, match="changed since that run started: its model.*seed"):
         run_recipe(_recipe(seed=1, stages=[]), tmp_path / "run", resume=True)
 
 
