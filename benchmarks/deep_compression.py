@@ -25,7 +25,7 @@ import torch
 from _common import ARTIFACTS, previous_result, write_results
 from baselines import JOBS
 from pruning_han import JOBS as HAN_JOBS
-from pruning_han import error_pct, han_prune
+from pruning_han import error_pct, han_prune, seeds_pick_kd
 
 import dwindle as dw
 from dwindle import data as dwdata
@@ -151,7 +151,9 @@ def run_model(name: str, epochs_scale: float) -> tuple[list[dict[str, Any]], dic
     baseline, origin = _baseline(name, data, epochs_scale)
     how = setup["pruning"]
     if how.get("method") == "han":
-        pruned = han_prune(HAN_JOBS[name], baseline, data, seed=0, scale=1.0).model
+        # retrained as pruning_han.py's candidate is: KD or labels, by validation over seeds
+        kd = bool(seeds_pick_kd(name))
+        pruned = han_prune(HAN_JOBS[name], baseline, data, seed=0, scale=1.0, kd=kd).model
     else:
         pruned = copy.deepcopy(baseline)
         _prune_agp_kd(
@@ -244,12 +246,18 @@ COLUMNS = [
 ]
 
 
-def _method_note(setup: dict[str, Any]) -> str:
+def _method_note(name: str, setup: dict[str, Any]) -> str:
     how, cen = setup["pruning"], setup["centroid"]
     if how.get("method") == "han":
+        retrain = (
+            "retrained with KD from the baseline and its KD calibration"
+            if seeds_pick_kd(name)
+            else "retrained on labels"
+        )
         return (
             "pruning: Han et al. 2015 iterative rounds as pruning_han.py's job for this model "
-            "(its validation-picked per-layer split, retrained on labels); centroid fine-tuning "
+            f"(its validation-picked per-layer split, {retrain}: the variant pruning_han.py "
+            "adopts by the lower mean validation gap over the seeds tables); centroid fine-tuning "
             f"{cen['epochs']} epochs (cosine lr from {cen['lr']}) with KD from the baseline "
             "(T=4, α=0.9)"
         )
@@ -312,7 +320,9 @@ def main() -> None:
                 + f", {x['bits_per_kept_weight']} bits/weight"
                 for x in r["metrics"]["layers"]
             )
-            notes.append(f"{r['model']}: {per_layer}; {_method_note(SETUPS[r['model']])}")
+            notes.append(
+                f"{r['model']}: {per_layer}; {_method_note(r['model'], SETUPS[r['model']])}"
+            )
         if "baseline_from" in r:
             notes.append(f"{r['model']} baseline: {r['baseline_from']}")
     write_results("deep_compression", rows, targets, columns=COLUMNS, notes=notes)

@@ -291,15 +291,22 @@ def seeds_val_gaps(model: str, kd: bool) -> dict[int, float]:
     }
 
 
+def seeds_pick_kd(model: str) -> bool | None:
+    """Whether KD retraining has the lower mean validation gap than labels over the seeds both
+    seeds tables hold (None: fewer than two such seeds)."""
+    labels, kd = seeds_val_gaps(model, False), seeds_val_gaps(model, True)
+    seeds = sorted(labels.keys() & kd.keys())
+    if len(seeds) < 2:
+        return None
+    means = [statistics.fmean(g[s] for s in seeds) for g in (labels, kd)]
+    return means[1] < means[0]
+
+
 def pick(model: str, cands: list[str], rows: dict[str, dict[str, Any]]) -> str:
     """The retraining variant with the lower mean validation gap over the seeds both seeds
     tables hold (two or more); otherwise the one with fewer validation errors on seed 0."""
-    if len(cands) == 2:
-        labels, kd = seeds_val_gaps(model, False), seeds_val_gaps(model, True)
-        seeds = sorted(labels.keys() & kd.keys())
-        if len(seeds) >= 2:
-            means = [statistics.fmean(g[s] for s in seeds) for g in (labels, kd)]
-            return cands[1] if means[1] < means[0] else cands[0]
+    if len(cands) == 2 and (use_kd := seeds_pick_kd(model)) is not None:
+        return cands[1] if use_kd else cands[0]
     return min(cands, key=lambda c: rows[c]["metrics"].get("val_error_pct", 100.0))
 
 
