@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import time
 from typing import Any
@@ -151,9 +152,13 @@ def run_model(name: str, epochs_scale: float) -> tuple[list[dict[str, Any]], dic
     baseline, origin = _baseline(name, data, epochs_scale)
     how = setup["pruning"]
     if how.get("method") == "han":
-        # retrained as pruning_han.py's candidate is: KD or labels, by validation over seeds
+        # retrained as pruning_han.py's candidate is: KD or labels, by validation over seeds;
+        # the calibration fractions scaled by the setup's han_keep_scale
         kd = bool(seeds_pick_kd(name))
-        pruned = han_prune(HAN_JOBS[name], baseline, data, seed=0, scale=1.0, kd=kd).model
+        job, k = HAN_JOBS[name], setup.get("han_keep_scale", 1.0)
+        cal = {layer: frac * k for layer, frac in job.calibration(kd).items()}
+        job = dataclasses.replace(job, **{"kd_keep" if kd else "keep": cal})
+        pruned = han_prune(job, baseline, data, seed=0, scale=1.0, kd=kd).model
     else:
         pruned = copy.deepcopy(baseline)
         _prune_agp_kd(
@@ -254,6 +259,8 @@ def _method_note(name: str, setup: dict[str, Any]) -> str:
             if seeds_pick_kd(name)
             else "retrained on labels"
         )
+        if setup.get("han_keep_scale", 1.0) != 1.0:
+            retrain += f", calibration fractions x {setup['han_keep_scale']:g}"
         return (
             "pruning: Han et al. 2015 iterative rounds as pruning_han.py's job for this model "
             f"(its validation-picked per-layer split, {retrain}: the variant pruning_han.py "
@@ -281,7 +288,17 @@ def main() -> None:
     parser.add_argument("--pruning-epochs", type=int, help="override the setup's pruning epochs")
     parser.add_argument("--ramp-epochs", type=int, help="override the setup's AGP ramp epochs")
     parser.add_argument("--centroid-epochs", type=int, help="override the centroid epochs")
+    parser.add_argument(
+        "--han-keep-scale",
+        type=float,
+        help="scale Han's calibration fractions (lenet300); the rows go to "
+        "deep_compression_k<S>, without targets",
+    )
     args = parser.parse_args()
+    result = "deep_compression"
+    if args.han_keep_scale is not None:
+        SETUPS["lenet300"]["han_keep_scale"] = args.han_keep_scale
+        result = f"deep_compression_k{args.han_keep_scale:g}"
     for name in args.only:
         if SETUPS[name]["pruning"].get("method") == "han" and (
             args.pruning_epochs or args.ramp_epochs
@@ -299,7 +316,7 @@ def main() -> None:
         new_rows, new_targets = run_model(name, args.epochs_scale)
         rows += new_rows
         targets.update(new_targets)
-    old = previous_result("deep_compression")  # the other model's rows (read now: runs overlap)
+    old = previous_result(result)  # the other model's rows (read now: runs overlap)
     rows = [r for r in old["rows"] if r["model"] not in args.only] + rows
     targets = {
         **{k: v for k, v in old["targets"].items() if not any(k.endswith(n) for n in args.only)},
@@ -325,7 +342,9 @@ def main() -> None:
             )
         if "baseline_from" in r:
             notes.append(f"{r['model']} baseline: {r['baseline_from']}")
-    write_results("deep_compression", rows, targets, columns=COLUMNS, notes=notes)
+    if result != "deep_compression":
+        targets = {}  # a calibration candidate, not the target's row
+    write_results(result, rows, targets, columns=COLUMNS, notes=notes)
 
 
 if __name__ == "__main__":
