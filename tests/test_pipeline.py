@@ -166,7 +166,7 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path: Path) -> None:
 
 def test_resume_with_changed_recipe_is_refused(tmp_path: Path) -> None:
     run_recipe(_recipe(stages=[]), tmp_path / "run")
-    with pytest.raises(ConfigError, match="changed since that run started: its model.*seed"):
+    with pytest.raises(ConfigError, match=r"changed since that run started: its model.*seed"):
         run_recipe(_recipe(seed=1, stages=[]), tmp_path / "run", resume=True)
 
 
