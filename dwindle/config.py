@@ -92,14 +92,14 @@ class Config(BaseModel):
 
 def _admits_bool(tp: Any) -> bool:
     """Whether the type ``tp`` accepts a bool (bool itself, Any, a union or Literal with one)."""
-    if tp is bool or tp is Any or tp is object:
-        return True
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is typing.Literal:
-        return any(isinstance(a, bool) for a in args)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType, typing.Annotated):
-        return any(_admits_bool(a) for a in args)
-    return False
+    return any(
+        m in (bool, Any, object)
+        or (
+            typing.get_origin(m) is typing.Literal
+            and any(isinstance(a, bool) for a in typing.get_args(m))
+        )
+        for m in _members(tp)
+    )
 
 
 def _members(tp: Any) -> list[Any]:

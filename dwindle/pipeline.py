@@ -10,8 +10,6 @@ checking the SHA-256 recorded when they were written.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,7 @@ from dwindle.errors import (
 from dwindle.export import ensure_dir
 from dwindle.recipe import Recipe, Stage, load_recipe
 from dwindle.run_dir import prepare_out_dir
-from dwindle.run_state import RunState, step_keys
+from dwindle.run_state import RunState
 
 __all__ = ["RunResult", "build_model_and_data", "run_recipe", "run_stage"]
 
@@ -165,8 +163,7 @@ def run_recipe(
     )
     recipe_doc = recipe.model_dump(mode="json", exclude={"base_dir"})
     _check_devices(recipe_doc)  # before any training: a missing GPU must not cost a baseline
-    recipe_hash = hashlib.sha256(json.dumps(recipe_doc, sort_keys=True).encode()).hexdigest()
-    state = RunState(out, recipe_hash, recipe.name, step_keys(recipe_doc, labels))
+    state = RunState(out, recipe_doc, labels)
     if resume and (stale := state.load()):
         console.print(
             f"[bold]resume[/bold]: the recipe changed since {', '.join(stale)} ran; "

@@ -15,7 +15,7 @@ from pathlib import Path
 from dwindle.errors import CheckpointError, OutputDirError
 from dwindle.export import ensure_dir
 
-__all__ = ["RUN_FILES", "prepare_out_dir", "read_state", "run_name"]
+__all__ = ["RUN_FILES", "checkpoint_file", "prepare_out_dir", "read_state", "run_name"]
 
 RUN_FILES = frozenset(
     {
@@ -47,6 +47,12 @@ def read_state(out_dir: Path) -> dict | None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a run state (a JSON object); use --overwrite")
     return state
+
+
+def checkpoint_file(out_dir: Path, entry: dict) -> Path:
+    """The checkpoint a ``state.json`` entry records, confined to ``out_dir/checkpoints`` (a
+    tampered path cannot reach outside it)."""
+    return out_dir / "checkpoints" / Path(str(entry.get("file", ""))).name
 
 
 def run_name(out_dir: Path) -> str | None:
@@ -104,12 +110,11 @@ def prepare_out_dir(
             f"cannot write to output directory {out_dir}: {exc.strerror}"
         ) from None
     if overwrite and not resume and state is not None:
-        ckpts = out_dir / "checkpoints"
         recorded = [*state.get("done", {}).values(), *state.get("stale", {}).values()]
         for entry in recorded:  # only the checkpoints it recorded
-            name = Path(str(entry.get("file", ""))).name
-            if name and (ckpts / name).is_file():
-                (ckpts / name).unlink()
+            path = checkpoint_file(out_dir, entry)
+            if path.is_file():
+                path.unlink()
         artifacts = out_dir / "artifacts"
         for old in artifacts.iterdir() if artifacts.is_dir() else []:
             if old.is_file():

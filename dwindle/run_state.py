@@ -20,7 +20,7 @@ from torch import nn
 
 from dwindle.errors import CheckpointError, ConfigError
 from dwindle.export import atomic_write, atomic_write_bytes, ensure_dir
-from dwindle.run_dir import read_state
+from dwindle.run_dir import checkpoint_file, read_state
 
 __all__ = ["RunState", "step_keys"]
 
@@ -35,12 +35,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 def step_keys(recipe_doc: dict[str, Any], labels: list[str]) -> dict[str, str]:
     """A fingerprint per step of the run: the baseline's covers the recipe's model, data,
     baseline, seed and name; each stage's chains the previous step's with its own settings.
     ``measure`` and ``export`` enter none, since no checkpoint depends on them."""
     base = {k: v for k, v in recipe_doc.items() if k not in ("stages", "measure", "export")}
-    key = hashlib.sha256(json.dumps(base, sort_keys=True).encode()).hexdigest()
+    key = _digest(base)
     keys = {labels[0]: key}
     for label, raw in zip(labels[1:], recipe_doc.get("stages", []), strict=True):
         key = hashlib.sha256((key + json.dumps(raw, sort_keys=True)).encode()).hexdigest()
@@ -49,14 +53,14 @@ def step_keys(recipe_doc: dict[str, Any], labels: list[str]) -> dict[str, str]:
 
 
 class RunState:
-    """The ``state.json`` of the run in ``out_dir`` for a recipe with these step ``keys``."""
+    """The ``state.json`` of the run in ``out_dir`` of the recipe ``recipe_doc`` (its JSON
+    dump), whose steps are ``labels`` (the baseline's, then each stage's)."""
 
-    def __init__(
-        self, out_dir: Path, recipe_hash: str, recipe_name: str, keys: dict[str, str]
-    ) -> None:
+    def __init__(self, out_dir: Path, recipe_doc: dict[str, Any], labels: list[str]) -> None:
         self.path = out_dir / "state.json"
         self.ckpt_dir = out_dir / "checkpoints"
-        self.recipe_hash, self.recipe_name, self.keys = recipe_hash, recipe_name, keys
+        self.recipe_hash, self.recipe_name = _digest(recipe_doc), recipe_doc.get("name")
+        self.keys = step_keys(recipe_doc, labels)
         self.done: dict[str, Entry] = {}
         self.stale: dict[str, Entry] = {}  # set-aside checkpoints, by step key
 
@@ -102,7 +106,7 @@ class RunState:
         return [k for k in changed if k not in self.done]
 
     def _file(self, entry: Entry) -> Path:
-        return self.ckpt_dir / Path(str(entry.get("file", ""))).name  # never outside
+        return checkpoint_file(self.path.parent, entry)
 
     def _set_aside(self, label: str, entry: Entry) -> None:
         path = self._file(entry)

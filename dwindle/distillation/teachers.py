@@ -78,7 +78,7 @@ class TeacherSet:
         self.combine, self.temperature = combine, float(temperature)
         self.calls = 0
         self._forwards: list[Any] = list(self.models)
-        self._compiled_once = False
+        self._first_compiled_call = False
 
     def compile(self) -> None:
         """Run the teachers' forwards through ``torch.compile`` from the next call on (the
@@ -88,7 +88,7 @@ class TeacherSet:
         Feature taps (hooks) on a teacher need the eager forward: do not
         compile a set whose first teacher feeds hints or attention."""
         self._forwards = [torch.compile(m) for m in self.models]
-        self._compiled_once = False
+        self._first_compiled_call = True
 
     @property
     def first(self) -> nn.Module:
@@ -115,12 +115,11 @@ class TeacherSet:
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
         self.calls += 1
-        if self._forwards[0] is self.models[0] or self._compiled_once:
+        if not self._first_compiled_call:
             return self.combined([logits_of(m(x)) for m in self._forwards])
+        self._first_compiled_call = False
         try:  # the first compiled call is where torch.compile traces and compiles
-            out = self.combined([logits_of(m(x)) for m in self._forwards])
-            self._compiled_once = True
-            return out
+            return self.combined([logits_of(m(x)) for m in self._forwards])
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # a compiler failure must not end a long training
