@@ -154,11 +154,33 @@ def test_lsq_full_range_weights_use_the_extra_negative_code() -> None:
     assert codes and min(int(c.min()) for c in codes) == -8  # the extra level is stored
 
 
+def test_add_bits_sets_the_residual_branch_outputs_only() -> None:
+    cfg = QAT(
+        weight_bits=4, act_bits=4, learned_ranges=True, input_bits=8, add_bits=8,
+        exclude=("conv1", "linear"),
+    )  # fmt: skip
+    q = prepare_qat(tiny_resnet(), cfg)
+    bits = {n: m.bits for n, m in q.named_modules() if isinstance(m, LSQActivation)}
+    branch = sorted(n for n in bits if n.endswith("conv2_aq"))
+    assert len(branch) == 3  # each block's second conv feeds its residual addition
+    assert {n for n, b in bits.items() if b == 8} == {"x_aq", "adaptive_avg_pool2d_aq", *branch}
+    assert sum(b == 4 for b in bits.values()) == len(bits) - 5  # ReLU outputs stay at 4 bits
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    q(x)
+    q.eval()
+    with torch.no_grad():
+        assert torch.allclose(convert_qat(q)(x), q(x), atol=1e-4)
+
+
 def test_qat_learned_ranges_validation() -> None:
     with pytest.raises(ValueError, match="learned_ranges \\(LSQ\\) needs uniform weights"):
         QAT(weight_method="ternary", weight_bits=2, learned_ranges=True)
     with pytest.raises(ValueError, match="input_bits=9 is not supported"):
         QAT(input_bits=9)
+    with pytest.raises(ValueError, match="add_bits=9 is not supported"):
+        QAT(add_bits=9)
+    with pytest.raises(ValueError, match="act_bits=None quantises none that way"):
+        QAT(act_bits=None, add_bits=8)
     with pytest.raises(ValueError, match="weight_range='full' is LSQ's weight grid"):
         QAT(weight_bits=4, weight_range="full")
 

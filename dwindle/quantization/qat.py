@@ -73,8 +73,13 @@ class QAT(TargetedConfig):
     ``learned_ranges``: LSQ (Esser et al. 2020): uniform weights and activations get learned
     step sizes, started at the MSE-optimal range. ``input_bits``: bits of the model input's
     quantiser and of the inputs of weighted layers kept float (default ``act_bits``; PACT and
-    LSQ keep the first and last layers' inputs at 8 bits). ``weight_range`` (LSQ only):
-    ``narrow`` codes ``±(2^(b-1) - 1)``, ``full`` LSQ's ``[-2^(b-1), 2^(b-1) - 1]``.
+    LSQ keep the first and last layers' inputs at 8 bits). ``add_bits``: bits of the quantiser
+    on a weighted layer's output that goes into a residual addition instead of an activation
+    (default ``act_bits``). PACT (Choi et al. 2018) quantises the inputs of conv/linear layers
+    (its activation replaces every ReLU, the residual stream included) and leaves a residual
+    branch's output before the addition unquantised; ``add_bits=8`` keeps every matmul at
+    ``act_bits`` inputs while the integer model still adds 8-bit tensors. ``weight_range``
+    (LSQ only): ``narrow`` codes ``±(2^(b-1) - 1)``, ``full`` LSQ's ``[-2^(b-1), 2^(b-1) - 1]``.
     """
 
     weight_bits: int = 8
@@ -93,6 +98,7 @@ class QAT(TargetedConfig):
     on_unsupported: Literal["error", "float"] = "error"
     learned_ranges: bool = False
     input_bits: int | None = None
+    add_bits: int | None = None
     weight_range: Literal["narrow", "full"] = "narrow"
 
     @model_validator(mode="after")
@@ -109,10 +115,18 @@ class QAT(TargetedConfig):
                 "weight_range='full' is LSQ's weight grid; set learned_ranges=True, "
                 "or keep weight_range='narrow'"
             )
-        if self.input_bits is not None and self.input_bits not in UNIFORM_BITS:
+        for field in ("input_bits", "add_bits"):
+            value = getattr(self, field)
+            if value is not None and value not in UNIFORM_BITS:
+                raise ValueError(
+                    f"{field}={value} is not supported; supported bit widths: "
+                    f"{', '.join(map(str, UNIFORM_BITS))}, or None for act_bits"
+                )
+        if self.add_bits is not None and self.act_bits in (None, 1):
             raise ValueError(
-                f"input_bits={self.input_bits} is not supported; supported bit widths: "
-                f"{', '.join(map(str, UNIFORM_BITS))}, or None for act_bits"
+                f"add_bits={self.add_bits} sets the bits of quantised activations that enter a "
+                f"residual addition, but act_bits={self.act_bits} quantises none that way; set "
+                "act_bits to 2-8 or leave add_bits unset"
             )
         if self.learned_ranges and (self.weight_method != "uniform" or self.act_bits == 1):
             raise ValueError(

@@ -183,6 +183,15 @@ def _feeds_float_layer(node: fx.Node, gm: fx.GraphModule) -> bool:
     )
 
 
+def _is_branch_output(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node`` is a weighted layer's output whose every user is a residual addition."""
+    is_layer = node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QATLayer)
+    users = list(node.users)
+    return (
+        is_layer and bool(users) and all(_is(u, gm, (), _ADD_FUNCS, {"add", "add_"}) for u in users)
+    )
+
+
 def place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
     """Insert activation quantisers (``sign`` for ``act_bits=1``) where the int model has them."""
     bits = config.act_bits
@@ -202,6 +211,8 @@ def place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
         if after:
             edge = node.op == "placeholder" or _feeds_float_layer(node, gm)
             b = (config.input_bits or bits) if edge else bits
+            if config.add_bits is not None and _is_branch_output(node, gm):
+                b = config.add_bits
             fq: FakeQuantize = (
                 LSQActivation(b)  # type: ignore[arg-type]
                 if config.learned_ranges
