@@ -179,7 +179,7 @@ def test_qat_learned_ranges_validation() -> None:
         QAT(input_bits=9)
     with pytest.raises(ValueError, match="add_bits=9 is not supported"):
         QAT(add_bits=9)
-    with pytest.raises(ValueError, match="act_bits=None quantises none that way"):
+    with pytest.raises(ValueError, match="act_bits=None keeps activations float"):
         QAT(act_bits=None, add_bits=8)
     with pytest.raises(ValueError, match="weight_range='full' is LSQ's weight grid"):
         QAT(weight_bits=4, weight_range="full")

@@ -124,9 +124,10 @@ class QAT(TargetedConfig):
                 )
         if self.add_bits is not None and self.act_bits in (None, 1):
             raise ValueError(
-                f"add_bits={self.add_bits} sets the bits of quantised activations that enter a "
-                f"residual addition, but act_bits={self.act_bits} quantises none that way; set "
-                "act_bits to 2-8 or leave add_bits unset"
+                f"add_bits={self.add_bits} sets the bits of a layer output that enters a residual "
+                f"addition, but act_bits={self.act_bits} "
+                + ("keeps activations float" if self.act_bits is None else "places only sign()")
+                + "; set act_bits to 2-8 or leave add_bits unset"
             )
         if self.learned_ranges and (self.weight_method != "uniform" or self.act_bits == 1):
             raise ValueError(

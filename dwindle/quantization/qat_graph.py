@@ -9,6 +9,7 @@ additions, average pooling, at the input and after layers not followed by an act
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,6 +67,7 @@ _ACT_FUNCS = {
 }
 _ACT_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_ADD_METHODS = {"add", "add_"}
 _AVG_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _AVG_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d}
 # Ops that keep values on their input's quantisation grid (the integer model runs them on ints).
@@ -170,11 +172,17 @@ def qat_layer(layer: nn.Module, config: QAT, bn: nn.Module | None = None) -> QAT
     return qlayer
 
 
-def _feeds_float_layer(node: fx.Node, gm: fx.GraphModule) -> bool:
-    """Whether ``node``'s value reaches only weighted layers kept float (through grid ops)."""
+def _users_past_grid_ops(node: fx.Node, gm: fx.GraphModule) -> list[fx.Node]:
+    """The users of ``node``'s value, looking through a chain of grid-keeping ops."""
     users = list(node.users)
     while len(users) == 1 and _is(users[0], gm, _GRID_MODULES, _GRID_FUNCS, _GRID_METHODS):
         users = list(users[0].users)
+    return users
+
+
+def _feeds_float_layer(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node``'s value reaches only weighted layers kept float (through grid ops)."""
+    users = _users_past_grid_ops(node, gm)
     return bool(users) and all(
         u.op == "call_module"
         and not isinstance(gm.get_submodule(str(u.target)), QATLayer)
@@ -183,18 +191,27 @@ def _feeds_float_layer(node: fx.Node, gm: fx.GraphModule) -> bool:
     )
 
 
+def _is_residual_add(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """An addition of two computed tensors (not of a tensor and a parameter or constant)."""
+    if not _is(node, gm, (), _ADD_FUNCS, _ADD_METHODS):
+        return False
+    operands = [a for a in node.args if isinstance(a, fx.Node)]
+    return len(operands) == 2 and all(a.op != "get_attr" for a in operands)
+
+
 def _is_branch_output(node: fx.Node, gm: fx.GraphModule) -> bool:
-    """Whether ``node`` is a weighted layer's output whose every user is a residual addition."""
-    is_layer = node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QATLayer)
-    users = list(node.users)
-    return (
-        is_layer and bool(users) and all(_is(u, gm, (), _ADD_FUNCS, {"add", "add_"}) for u in users)
-    )
+    """Whether ``node`` is a weighted layer's output that goes only into residual additions
+    (through grid-keeping ops such as dropout or a reshape)."""
+    if node.op != "call_module" or not isinstance(gm.get_submodule(str(node.target)), QATLayer):
+        return False
+    users = _users_past_grid_ops(node, gm)
+    return bool(users) and all(_is_residual_add(u, gm) for u in users)
 
 
 def place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
     """Insert activation quantisers (``sign`` for ``act_bits=1``) where the int model has them."""
     bits = config.act_bits
+    moved = 0
     for node in list(gm.graph.nodes):
         if bits == 1:
             if _is_act(node, gm):
@@ -204,7 +221,7 @@ def place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
         # (conv+ReLU, add+ReLU): one quantiser, after the activation.
         fused = bool(node.users) and all(_is_act(u, gm) for u in node.users)
         after = node.op == "placeholder" or _is_act(node, gm)
-        after |= _is(node, gm, (), _ADD_FUNCS, {"add", "add_"}) and not fused
+        after |= _is(node, gm, (), _ADD_FUNCS, _ADD_METHODS) and not fused
         after |= _is(node, gm, _AVG_MODULES, _AVG_FUNCS, set())
         if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QATLayer):
             after |= not fused
@@ -212,13 +229,21 @@ def place_act_quant(gm: fx.GraphModule, config: QAT) -> None:
             edge = node.op == "placeholder" or _feeds_float_layer(node, gm)
             b = (config.input_bits or bits) if edge else bits
             if config.add_bits is not None and _is_branch_output(node, gm):
-                b = config.add_bits
+                b, moved = config.add_bits, moved + 1
             fq: FakeQuantize = (
                 LSQActivation(b)  # type: ignore[arg-type]
                 if config.learned_ranges
                 else FakeQuantize(b, symmetric=False, observer=config.act_observer)  # type: ignore[arg-type]
             )
             _insert_after(gm, node, fq)
+    if config.add_bits is not None and bits != 1 and not moved:
+        warnings.warn(
+            f"qat: add_bits={config.add_bits} changed no quantiser: no quantised layer's output "
+            "goes straight into a residual addition in this model (a batch norm between them "
+            "counts as a layer; set fold_bn=True to fold it)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def input_quant(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
