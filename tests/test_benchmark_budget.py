@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,3 +91,17 @@ def test_previous_result_reads_what_a_partial_run_keeps(
     old = _common.previous_result("x")
     assert old["rows"] == [row] and old["targets"] == {} and old["commit"] == "c"
     assert _common.previous_rows("x") == [row]
+
+
+def test_smoke_results_declare_no_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    rows = [{"variant": "a", "metrics": {"accuracy": 0.5}}]
+    targets = {"t": {"candidate": "a"}}
+    for name, kept in (("x", targets), ("x_smoke", {})):
+        _common.write_results(name, rows, targets, columns=[("acc", "metrics.accuracy")])
+        assert json.loads((tmp_path / f"{name}.json").read_text())["targets"] == kept
