@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,15 +74,20 @@ def test_compile_mode_is_passed_not_global(cifar: object) -> None:
     assert not hasattr(cifar, "_COMPILE")
 
 
-def test_previous_result_reads_what_a_partial_run_keeps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture()
+def common(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """benchmarks/_common with its result files in ``tmp_path``."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import _common
     finally:
         sys.path.remove(str(BENCHMARKS))
     monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    return _common
+
+
+def test_previous_result_reads_what_a_partial_run_keeps(common: Any, tmp_path: Path) -> None:
+    _common = common
     assert _common.previous_result("x") == {"rows": [], "targets": {}}
     assert _common.previous_rows("x") == []
     row = {"variant": "a", "metrics": {"accuracy": 0.5}}
@@ -93,13 +99,8 @@ def test_previous_result_reads_what_a_partial_run_keeps(
     assert _common.previous_rows("x") == [row]
 
 
-def test_smoke_results_declare_no_targets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import _common
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+def test_smoke_results_declare_no_targets(common: Any, tmp_path: Path) -> None:
+    _common = common
     rows = [{"variant": "a", "metrics": {"accuracy": 0.5}}]
     targets = {"t": {"candidate": "a"}}
     for name, kept in (("x", targets), ("x_smoke", {})):
