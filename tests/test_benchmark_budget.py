@@ -106,3 +106,15 @@ def test_smoke_results_declare_no_targets(common: Any, tmp_path: Path) -> None:
     for name, kept in (("x", targets), ("x_smoke", {})):
         _common.write_results(name, rows, targets, columns=[("acc", "metrics.accuracy")])
         assert json.loads((tmp_path / f"{name}.json").read_text())["targets"] == kept
+
+
+def test_bnn_target_stays_on_the_bnn_cnn() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import quant_qat
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    candidate = {"bnn_mnist": {"candidate": "bnn_cnn"}}
+    assert quant_qat.bnn_target({"fp32", "bnn", "bnn_cnn"}) == candidate  # an MLP rerun
+    assert quant_qat.bnn_target({"bnn"}) == {"bnn_mnist": {"candidate": "bnn"}}
+    assert quant_qat.bnn_target({"fp32", "qat_int8"}) == {}
